@@ -1,0 +1,93 @@
+"""Prometheus metrics of a chat replica. Names are part of the contract (dashboards, alerts)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMetrics:
+    registry: CollectorRegistry
+    published: Counter
+    publish_failures: Counter
+    publish_duplicates: Counter
+    confirm_seconds: Histogram
+    received: Counter
+    delivered: Counter
+    delivery_lag: Histogram
+    clients: Gauge
+    connections: Counter
+    disconnects: Counter
+    errors: Counter
+    history_fetches: Counter
+    sync_seconds: Histogram
+    history_queue_messages: Gauge
+    history_queue_consumers: Gauge
+    broker_connected: Gauge
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry | None = None) -> ChatMetrics:
+        r = registry or CollectorRegistry()
+        return cls(
+            registry=r,
+            published=Counter(
+                "durable_chat_messages_published_total", "Client messages confirmed by the broker.", registry=r
+            ),
+            publish_failures=Counter(
+                "durable_chat_publish_failures_total",
+                "Publishes not confirmed (the sender got publish_failed).",
+                ["reason"], registry=r,
+            ),
+            publish_duplicates=Counter(
+                "durable_chat_publish_duplicates_total",
+                "Resends answered from the idempotency cache without publishing.", registry=r,
+            ),
+            confirm_seconds=Histogram(
+                "durable_chat_publish_confirm_seconds", "Publish to broker confirm.",
+                buckets=_LATENCY_BUCKETS, registry=r,
+            ),
+            received=Counter(
+                "durable_chat_messages_received_total", "Messages consumed from this replica's queue.", registry=r
+            ),
+            delivered=Counter(
+                "durable_chat_messages_delivered_total", "Message frames queued to WebSocket clients.", registry=r
+            ),
+            delivery_lag=Histogram(
+                "durable_chat_delivery_lag_seconds", "Message timestamp to arrival at this replica.",
+                buckets=_LATENCY_BUCKETS, registry=r,
+            ),
+            clients=Gauge("durable_chat_connected_clients", "Open WebSocket connections.", registry=r),
+            connections=Counter(
+                "durable_chat_connections_total", "WebSocket connections accepted.", registry=r
+            ),
+            disconnects=Counter(
+                "durable_chat_disconnects_total", "Connections closed by the server, by close code.",
+                ["code"], registry=r,
+            ),
+            errors=Counter(
+                "durable_chat_client_errors_total", "Error frames sent to clients, by code.", ["code"], registry=r
+            ),
+            history_fetches=Counter(
+                "durable_chat_history_fetches_total", "Backlog reads from the history service, by result.",
+                ["result"], registry=r,
+            ),
+            sync_seconds=Histogram(
+                "durable_chat_sync_seconds", "Connect to `synced` (backlog delivered).",
+                buckets=_LATENCY_BUCKETS, registry=r,
+            ),
+            history_queue_messages=Gauge(
+                "durable_chat_history_queue_messages",
+                "Ready messages in the history queue (passive declare, every few seconds).", registry=r,
+            ),
+            history_queue_consumers=Gauge(
+                "durable_chat_history_queue_consumers", "Consumers on the history queue.", registry=r
+            ),
+            broker_connected=Gauge(
+                "durable_chat_broker_connected", "1 while the AMQP connection, channel and consumer are up.",
+                registry=r,
+            ),
+        )

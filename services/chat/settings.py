@@ -1,0 +1,94 @@
+"""Chat replica settings (prefix ``CHAT_``)."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from typing_extensions import Annotated
+
+from services.common.settings import AmqpSettings, ConfigError, LogSettings, load
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+class ChatSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CHAT_", extra="ignore")
+
+    host: str = Field(default="0.0.0.0", description="Address the replica listens on.")
+    port: int = Field(default=8000, ge=0, le=65535, description="WebSocket, page and API port.")
+    metrics_port: int = Field(
+        default=0, ge=0, le=65535, description="Separate /metrics port; 0 serves it on the main port."
+    )
+    history_url: str = Field(default="http://127.0.0.1:8001", description="Base URL of the history service.")
+    history_timeout_s: float = Field(
+        default=5.0, gt=0, le=120, description="Connect/read timeout towards the history service."
+    )
+    max_message_bytes: int = Field(default=4096, ge=1, le=65536, description="Largest accepted text, in UTF-8 bytes.")
+    history_on_connect: int = Field(
+        default=100, ge=0, le=1000, description="Messages a client without a cursor gets on connect."
+    )
+    recovery_window_ms: int = Field(
+        default=10000, ge=1, le=600000, description="Ring of recent deliveries and cursor overlap window."
+    )
+    idempotency_window_s: int = Field(
+        default=600, ge=0, le=86400, description="How long a confirmed client_id is remembered."
+    )
+    rate_limit_per_s: float = Field(default=20.0, ge=0, description="Messages per second per connection; 0 is off.")
+    rate_limit_burst: int = Field(default=40, ge=0, description="Token bucket size per connection; 0 is off.")
+    max_connections_per_client: int = Field(
+        default=100, ge=0, description="Concurrent WebSockets per client address; 0 is off."
+    )
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="CIDRs whose X-Forwarded-For is believed (comma-separated)."
+    )
+    allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Origins allowed to open a WebSocket (comma-separated); empty allows any.",
+    )
+    send_buffer_frames: int = Field(
+        default=1000, ge=10, le=1_000_000, description="Frames queued per client before it is closed 1013."
+    )
+    auth_secret: str = Field(default="", description="HS256 secret; when set, a JWT is required.")
+    auth_public_key: str = Field(default="", description="PEM RS256 public key; when set, a JWT is required.")
+    shutdown_grace_s: float = Field(
+        default=10.0, ge=0, le=300, description="Time given to clients to drain on SIGTERM."
+    )
+    static_dir: str = Field(default="", description="Serve the page from this folder instead of the packaged one.")
+
+    _split = field_validator("trusted_proxies", "allowed_origins", mode="before")(_split_csv)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        for cidr in value:
+            ipaddress.ip_network(cidr, strict=False)
+        return value
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.auth_secret or self.auth_public_key)
+
+
+@dataclass(frozen=True, slots=True)
+class ChatConfig:
+    chat: ChatSettings
+    amqp: AmqpSettings
+    log: LogSettings
+
+
+def load_config() -> ChatConfig:
+    config = ChatConfig(chat=load(ChatSettings), amqp=load(AmqpSettings), log=load(LogSettings))
+    if config.chat.recovery_window_ms <= config.amqp.publish_timeout_s * 1000:
+        raise ConfigError(
+            "invalid configuration: CHAT_RECOVERY_WINDOW_MS must be larger than AMQP_PUBLISH_TIMEOUT_S "
+            f"({config.chat.recovery_window_ms} ms <= {config.amqp.publish_timeout_s} s): a stalled "
+            "replica's messages would fall outside the cursor overlap"
+        )
+    return config
