@@ -1,0 +1,221 @@
+"""Thin handlers of a chat replica: the WebSocket, the public history read API, health."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import orjson
+import structlog
+from starlette.background import BackgroundTask
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from services.chat.history_client import HistoryUnavailable
+from services.chat.hub import Subscriber
+from services.chat.limits import TokenBucket
+from services.chat.relay import PublishFailed
+from services.chat.service import CLOSE_SERVICE_RESTART, ChatService
+from services.chat.sync import error_frame
+from services.common.auth import Unauthorized, bearer_token
+from services.common.http import error_response
+from services.common.schema import DEFAULT_ROOM, Cursor, FrameError, parse_send_frame, valid_room
+
+log = structlog.get_logger(__name__)
+CLOSE_POLICY = 1008
+
+
+def _service(connection: HTTPConnection) -> ChatService:
+    service: ChatService = connection.app.state.service
+    return service
+
+
+class Refused(Exception):
+    def __init__(self, code: str, detail: str, close_code: int = CLOSE_POLICY) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+        self.close_code = close_code
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    room: str
+    author: str | None
+    token: str | None
+    cursor: Cursor | None
+    cursor_error: FrameError | None
+    coalesce: bool
+
+
+def _open_session(websocket: WebSocket, service: ChatService) -> Session:
+    """Check room, origin, token and name; raise Refused with the contract's code."""
+    params = websocket.query_params
+    room = params.get("room") or DEFAULT_ROOM
+    if not valid_room(room):
+        raise Refused("bad_room", "room must match [A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
+    origin = websocket.headers.get("origin")
+    allowed = service.settings.allowed_origins
+    if allowed and origin is not None and origin not in allowed:
+        raise Refused("unauthorized", "origin not allowed")
+    token = bearer_token(websocket.headers.get("authorization"), params.get("token"))
+    if service.verifier.enabled:
+        try:
+            author: str | None = service.verifier.subject(token)
+        except Unauthorized as exc:
+            raise Refused("unauthorized", str(exc)) from None
+    else:
+        author = _display_name(params.get("name"))
+    cursor, cursor_error = None, None
+    if params.get("after"):
+        try:
+            cursor = Cursor.parse(params["after"])
+        except FrameError as exc:
+            cursor_error = exc
+    return Session(room, author, token, cursor, cursor_error, params.get("coalesce") == "1")
+
+
+def _display_name(raw: str | None) -> str | None:
+    if raw is None:
+        return None
+    name = raw.strip()
+    if not 1 <= len(name) <= 32 or not name.isprintable():
+        raise Refused("bad_frame", "name must be 1 to 32 printable characters")
+    return name
+
+
+async def chat_socket(websocket: WebSocket) -> None:
+    service = _service(websocket)
+    address = service.client_address.resolve(
+        websocket.client.host if websocket.client else None, websocket.headers.get("x-forwarded-for")
+    )
+    await websocket.accept()
+    if not service.connections.acquire(address):
+        await _refuse(websocket, service, Refused("rate_limited", "too many connections from this address"))
+        return
+    try:
+        await _serve(websocket, service)
+    finally:
+        service.connections.release(address)
+
+
+async def _serve(websocket: WebSocket, service: ChatService) -> None:
+    try:
+        session = _open_session(websocket, service)
+        if not service.ready:
+            raise Refused("publish_failed", "replica not connected to the broker", CLOSE_SERVICE_RESTART)
+    except Refused as refused:
+        await _refuse(websocket, service, refused)
+        return
+    settings = service.settings
+    subscriber = Subscriber(
+        session.room, websocket.send_text, _closer(websocket), settings.send_buffer_frames, session.coalesce
+    )
+    service.hub.subscribe(subscriber)
+    service.metrics.clients.inc()
+    service.metrics.connections.inc()
+    started = time.perf_counter()
+    try:
+        if session.cursor_error is not None:
+            subscriber.push(error_frame(session.cursor_error.code, session.cursor_error.detail))
+        result = await service.sync.deliver_backlog(subscriber, session.cursor, session.token)
+        service.metrics.history_fetches.labels(result="ok" if result.history_ok else "unavailable").inc()
+        service.metrics.sync_seconds.observe(time.perf_counter() - started)
+        await _receive_loop(websocket, service, session, subscriber)
+    except WebSocketDisconnect:
+        pass
+    finally:
+        service.hub.unsubscribe(subscriber)
+        service.metrics.clients.dec()
+        if subscriber.close_code is not None:
+            service.metrics.disconnects.labels(code=str(subscriber.close_code)).inc()
+        await subscriber.aclose()
+
+
+async def _receive_loop(websocket: WebSocket, service: ChatService, session: Session, subscriber: Subscriber) -> None:
+    settings = service.settings
+    bucket = TokenBucket(settings.rate_limit_per_s, settings.rate_limit_burst)
+    while not subscriber.closed:
+        event = await websocket.receive()
+        if event["type"] == "websocket.disconnect":
+            return
+        text = event.get("text")
+        if text is None:
+            _reply_error(service, subscriber, FrameError("binary_unsupported", "send JSON in text frames"))
+            continue
+        try:
+            request = parse_send_frame(text, settings.max_message_bytes)
+            if not bucket.take():
+                raise FrameError("rate_limited", f"over {settings.rate_limit_per_s:g} messages/s", request.client_id)
+            message_id = await service.accept(session.room, session.author, request)
+        except FrameError as exc:
+            _reply_error(service, subscriber, exc)
+            continue
+        except PublishFailed as exc:
+            _reply_error(
+                service, subscriber,
+                FrameError("publish_failed", f"not confirmed by the broker ({exc.reason}); resend with the same client_id", request.client_id),
+            )
+            continue
+        subscriber.push(orjson.dumps({"type": "ack", "client_id": request.client_id, "id": message_id}).decode())
+
+
+def _reply_error(service: ChatService, subscriber: Subscriber, error: FrameError) -> None:
+    service.metrics.errors.labels(code=error.code).inc()
+    subscriber.push(error_frame(error.code, error.detail, error.client_id))
+
+
+async def _refuse(websocket: WebSocket, service: ChatService, refused: Refused) -> None:
+    service.metrics.errors.labels(code=refused.code).inc()
+    service.metrics.disconnects.labels(code=str(refused.close_code)).inc()
+    log.info("connection refused", code=refused.code, detail=refused.detail)
+    try:
+        await websocket.send_text(error_frame(refused.code, refused.detail))
+        await websocket.close(refused.close_code, refused.detail[:120])
+    except (WebSocketDisconnect, RuntimeError, OSError):
+        pass
+
+
+def _closer(websocket: WebSocket):  # type: ignore[no-untyped-def]
+    async def close(code: int, reason: str) -> None:
+        await websocket.close(code, reason)
+
+    return close
+
+
+async def history_proxy(request: Request) -> Response:
+    """The history read API for browsers and the CLI, streamed through from the history service."""
+    service = _service(request)
+    token = bearer_token(request.headers.get("authorization"), request.query_params.get("token"))
+    if service.verifier.enabled:
+        try:
+            service.verifier.subject(token)
+        except Unauthorized as exc:
+            return error_response(401, "unauthorized", str(exc))
+    room = request.path_params["room"]
+    params = [(key, value) for key, value in request.query_params.multi_items() if key != "token"]
+    headers = {"Accept": request.headers.get("accept", "application/json")}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    try:
+        upstream = await service.history.proxy(room, params, headers)
+    except HistoryUnavailable:
+        return error_response(503, "history_unavailable", "the history service is unavailable")
+    return StreamingResponse(
+        upstream.aiter_raw(),
+        status_code=upstream.status_code,
+        media_type=upstream.headers.get("content-type"),
+        background=BackgroundTask(upstream.aclose),
+    )
+
+
+async def healthz(_: Request) -> Response:
+    return PlainTextResponse("ok")
+
+
+async def readyz(request: Request) -> Response:
+    service = _service(request)
+    if service.ready:
+        return JSONResponse({"ready": True, "origin": service.origin})
+    return JSONResponse({"ready": False, "problems": ["broker channel or consumer down"]}, status_code=503)

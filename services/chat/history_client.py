@@ -1,0 +1,72 @@
+"""Reads the history service over HTTP, streamed page by page (NDJSON), never as one big buffer."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import orjson
+
+from services.common.schema import ChatMessage, InvalidMessage, message_frame_from_wire
+
+Entry = tuple[ChatMessage, str]
+NDJSON = "application/x-ndjson"
+
+
+class HistoryUnavailable(Exception):
+    pass
+
+
+class HistoryClient:
+    def __init__(self, base_url: str, timeout_s: float, page_size: int = 1000) -> None:
+        self._http = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"),
+            timeout=httpx.Timeout(timeout_s),
+            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+        )
+        self._page_size = page_size
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def latest(self, room: str, limit: int, token: str | None) -> list[Entry]:
+        if limit == 0:
+            return []
+        return [entry async for entry in self._page(room, {"latest": "1", "limit": str(limit)}, token)]
+
+    async def lookup(self, room: str, ids: list[str], token: str | None) -> list[ChatMessage]:
+        return [message async for message, _ in self._page(room, {"ids": ",".join(ids)}, token)]
+
+    async def stream_after(self, room: str, after: str, token: str | None) -> AsyncIterator[Entry]:
+        """Every stored message of the room after ``after``, in id order, one page in flight at a time."""
+        while True:
+            count = 0
+            async for entry in self._page(room, {"after": after, "limit": str(self._page_size)}, token):
+                count += 1
+                after = entry[0].id
+                yield entry
+            if count < self._page_size:
+                return
+
+    async def proxy(self, room: str, params: list[tuple[str, str]], headers: dict[str, str]) -> httpx.Response:
+        """Open a streamed request for the public read API; the caller closes the response."""
+        request = self._http.build_request("GET", f"/rooms/{room}/messages", params=params, headers=headers)
+        try:
+            return await self._http.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            raise HistoryUnavailable(repr(exc)) from None
+
+    async def _page(self, room: str, params: dict[str, str], token: str | None) -> AsyncIterator[Entry]:
+        headers = {"Accept": NDJSON}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        try:
+            async with self._http.stream("GET", f"/rooms/{room}/messages", params=params, headers=headers) as resp:
+                if resp.status_code != 200:
+                    raise HistoryUnavailable(f"history answered {resp.status_code}")
+                async for line in resp.aiter_lines():
+                    if line:
+                        wire = line.encode()
+                        yield ChatMessage.from_wire(wire), message_frame_from_wire(wire)
+        except (httpx.HTTPError, InvalidMessage, orjson.JSONDecodeError) as exc:
+            raise HistoryUnavailable(repr(exc)[:300]) from None

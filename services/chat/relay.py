@@ -1,0 +1,195 @@
+"""The replica's broker side: publish client messages with confirms, consume its own queue into the hub.
+
+Per-origin order. Ids from one replica must reach every queue in id order, or a client's cursor could skip a
+message. ``publish`` therefore mints the id and enters aiormq's ``basic_publish`` in one synchronous step
+(no ``await`` in between), on one publishing channel; aiormq writes frames in lock order, which is call order.
+The consumer never requeues: a requeued message would come back out of order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+
+import aiormq
+import structlog
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
+from pamqp import commands as spec
+
+from services.chat.hub import Hub
+from services.chat.metrics import ChatMetrics
+from services.chat.ring import RecentRing
+from services.common.ids import UlidGenerator
+from services.common.schema import ChatMessage, InvalidMessage, message_frame_from_wire
+from services.common.settings import AmqpSettings
+from services.common.topology import declare_replica_queue, declare_topology
+
+log = structlog.get_logger(__name__)
+QUEUE_POLL_INTERVAL_S = 5.0
+
+
+class PublishFailed(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class ChatRelay:
+    def __init__(
+        self,
+        amqp: AmqpSettings,
+        hub: Hub,
+        ring: RecentRing,
+        metrics: ChatMetrics,
+        origin: str,
+        ids: UlidGenerator | None = None,
+        on_fanout: Callable[[int], None] | None = None,
+    ) -> None:
+        self._amqp = amqp
+        self._hub = hub
+        self._ring = ring
+        self._metrics = metrics
+        self.origin = origin
+        self._ids = ids or UlidGenerator()
+        self._publish_channel: aiormq.abc.AbstractChannel | None = None
+        self._consuming = False
+        self._inbox: list[AbstractIncomingMessage] = []
+        self._has_inbox = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._on_fanout = on_fanout
+
+    @property
+    def ready(self) -> bool:
+        channel = self._publish_channel
+        return self._consuming and channel is not None and not channel.is_closed
+
+    async def setup(self, connection: AbstractConnection) -> list[AbstractChannel]:
+        """Run by the broker link at every (re)connect: topology, own queue, consumer, pollers."""
+        await self._stop_tasks()
+        publish_channel = await connection.channel(publisher_confirms=True)
+        topology = await declare_topology(publish_channel, self._amqp.exchange, self._amqp.history_queue)
+        consume_channel = await connection.channel(publisher_confirms=False)
+        await consume_channel.set_qos(prefetch_count=self._amqp.prefetch)
+        queue = await declare_replica_queue(consume_channel, topology.exchange)
+        self._inbox = []
+        self._tasks = [
+            asyncio.create_task(self._fanout_loop(), name="relay-fanout"),
+            asyncio.create_task(self._poll_history_queue(connection), name="relay-queue-poll"),
+        ]
+        await queue.consume(self._on_delivery)
+        self._consuming = True
+        self._publish_channel = await publish_channel.get_underlay_channel()
+        self._metrics.broker_connected.set(1)
+        log.info("replica queue bound", queue=queue.name, origin=self.origin)
+        return [publish_channel, consume_channel]
+
+    async def on_lost(self) -> None:
+        self._publish_channel = None
+        self._consuming = False
+        self._metrics.broker_connected.set(0)
+        await self._stop_tasks()
+
+    async def publish(self, room: str, author: str | None, text: str, client_id: str | None) -> ChatMessage:
+        """Publish persistently with a confirm; return the accepted message or raise PublishFailed."""
+        channel = self._publish_channel
+        if channel is None or channel.is_closed:
+            self._metrics.publish_failures.labels(reason="disconnected").inc()
+            raise PublishFailed("not connected to the broker")
+        started = time.perf_counter()
+        # From here to basic_publish's lock there must be no await: see the module docstring.
+        msg_id, ts = self._ids.mint()
+        message = ChatMessage(
+            id=msg_id, origin=self.origin, room=room, author=author, text=text, ts=ts, client_id=client_id
+        )
+        try:
+            confirmation = await channel.basic_publish(
+                message.to_wire(),
+                exchange=self._amqp.exchange,
+                routing_key="",
+                properties=spec.Basic.Properties(
+                    delivery_mode=2, content_type="application/json", message_id=msg_id
+                ),
+                mandatory=True,
+                timeout=self._amqp.publish_timeout_s,
+                wait=False,
+            )
+        except TimeoutError:
+            raise self._failed("timeout") from None
+        except aiormq.exceptions.DeliveryError:
+            raise self._failed("nack") from None
+        except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
+            log.warning("publish failed", error=repr(exc)[:200])
+            raise self._failed("disconnected") from None
+        if not isinstance(confirmation, spec.Basic.Ack):
+            raise self._failed("returned")
+        self._metrics.confirm_seconds.observe(time.perf_counter() - started)
+        self._metrics.published.inc()
+        return message
+
+    def _failed(self, reason: str) -> PublishFailed:
+        self._metrics.publish_failures.labels(reason=reason).inc()
+        return PublishFailed(reason)
+
+    async def _on_delivery(self, delivery: AbstractIncomingMessage) -> None:
+        # aiormq calls this once per delivery; it only queues, the fan-out task handles batches.
+        self._inbox.append(delivery)
+        self._has_inbox.set()
+
+    async def _fanout_loop(self) -> None:
+        while True:
+            await self._has_inbox.wait()
+            batch, self._inbox = self._inbox, []
+            self._has_inbox.clear()
+            items = self._decode(batch)
+            for message, frame in items:
+                self._ring.add(message, frame)
+            deliveries = self._hub.dispatch(items)
+            self._metrics.delivered.inc(deliveries)
+            if self._on_fanout is not None:
+                self._on_fanout(deliveries)
+            with contextlib.suppress(Exception):  # a closed channel: the link reconnects and clients resume
+                await batch[-1].ack(multiple=True)
+
+    def _decode(self, batch: list[AbstractIncomingMessage]) -> list[tuple[ChatMessage, str]]:
+        items = []
+        now_ms = time.time() * 1000
+        for delivery in batch:
+            try:
+                message = ChatMessage.from_wire(delivery.body)
+                frame = message_frame_from_wire(delivery.body)
+            except InvalidMessage as exc:
+                log.error("unreadable message dropped by replica", error=str(exc), size=len(delivery.body))
+                continue
+            self._metrics.delivery_lag.observe(max(0.0, (now_ms - message.ts) / 1000))
+            items.append((message, frame))
+        self._metrics.received.inc(len(batch))
+        return items
+
+    async def _poll_history_queue(self, connection: AbstractConnection) -> None:
+        """Export the history backlog from here too, so its alert fires while the history service is down."""
+        channel: AbstractChannel | None = None
+        while True:
+            try:
+                if channel is None or channel.is_closed:
+                    channel = await connection.channel(publisher_confirms=False)
+                queue = await channel.declare_queue(self._amqp.history_queue, passive=True)
+                result = queue.declaration_result
+                self._metrics.history_queue_messages.set(result.message_count or 0)
+                self._metrics.history_queue_consumers.set(result.consumer_count or 0)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("history queue poll failed", error=repr(exc)[:200])
+                channel = None
+            await asyncio.sleep(QUEUE_POLL_INTERVAL_S)
+
+    async def _stop_tasks(self) -> None:
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+

@@ -1,0 +1,100 @@
+"""A chat replica's parts, owned together: hub, ring, relay, broker link, history client, limits."""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+
+from services.chat.history_client import HistoryClient
+from services.chat.hub import Hub
+from services.chat.idempotency import IdempotencyCache
+from services.chat.limits import ClientAddress, ConnectionCounter
+from services.chat.metrics import ChatMetrics
+from services.chat.relay import ChatRelay, PublishFailed
+from services.chat.ring import RecentRing
+from services.chat.settings import ChatConfig
+from services.chat.sync import BacklogSync
+from services.common.amqp import BrokerLink
+from services.common.auth import TokenVerifier
+from services.common.ids import new_origin
+from services.common.schema import SendRequest
+
+log = structlog.get_logger(__name__)
+CLOSE_SERVICE_RESTART = 1012
+
+
+class ChatService:
+    def __init__(self, config: ChatConfig, metrics: ChatMetrics | None = None) -> None:
+        self.config = config
+        self.settings = config.chat
+        self.metrics = metrics or ChatMetrics.create()
+        self.verifier = TokenVerifier(config.chat.auth_secret, config.chat.auth_public_key)
+        self.hub = Hub()
+        self.ring = RecentRing(config.chat.recovery_window_ms)
+        self.idempotency = IdempotencyCache(config.chat.idempotency_window_s)
+        self.connections = ConnectionCounter(config.chat.max_connections_per_client)
+        self.client_address = ClientAddress(config.chat.trusted_proxies)
+        self.history = HistoryClient(config.chat.history_url, config.chat.history_timeout_s)
+        self.sync = BacklogSync(
+            self.history, self.ring, config.chat.recovery_window_ms, config.chat.history_on_connect
+        )
+        self.origin = ""
+        self.relay: ChatRelay | None = None
+        self.link: BrokerLink | None = None
+
+    async def start(self) -> None:
+        # The origin is made when the process starts serving (after any fork), new at every start.
+        self.origin = new_origin()
+        self.relay = ChatRelay(self.config.amqp, self.hub, self.ring, self.metrics, self.origin)
+        self.link = BrokerLink(self.config.amqp, f"durable-chat-{self.origin}", self.relay.setup, self._on_lost)
+        structlog.contextvars.bind_contextvars(origin=self.origin)
+        if not self.verifier.enabled:
+            log.warning("anonymous mode: set CHAT_AUTH_SECRET or CHAT_AUTH_PUBLIC_KEY to require tokens")
+        self.link.start()
+
+    async def stop(self) -> None:
+        self._close_all(CLOSE_SERVICE_RESTART, "server shutting down")
+        if self.link is not None:
+            await self.link.stop()
+        await self.history.aclose()
+
+    @property
+    def ready(self) -> bool:
+        return self.link is not None and self.link.ready and self.relay is not None and self.relay.ready
+
+    async def accept(self, room: str, author: str | None, request: SendRequest) -> str:
+        """Publish a client message, or answer a resend of a confirmed client_id with its first id."""
+        assert self.relay is not None
+        if request.client_id is None:
+            return (await self.relay.publish(room, author, request.text, None)).id
+        key = (room, author, request.client_id)
+        known = self.idempotency.lookup(key)
+        if known is not None:
+            self.metrics.publish_duplicates.inc()
+            return known
+        inflight = self.idempotency.inflight(key)
+        if inflight is not None:
+            self.metrics.publish_duplicates.inc()
+            return await asyncio.shield(inflight)
+        self.idempotency.begin(key)
+        try:
+            message = await self.relay.publish(room, author, request.text, request.client_id)
+        except PublishFailed as exc:
+            self.idempotency.fail(key, exc)
+            raise
+        self.idempotency.confirm(key, message.id)
+        return message.id
+
+    async def _on_lost(self) -> None:
+        # Our exclusive queue and whatever was routed to it meanwhile are gone: clients must resume elsewhere.
+        if self.relay is not None:
+            await self.relay.on_lost()
+        self._close_all(CLOSE_SERVICE_RESTART, "broker connection lost")
+
+    def _close_all(self, code: int, reason: str) -> None:
+        subscribers = self.hub.subscribers()
+        for subscriber in subscribers:
+            subscriber.close_soon(code, reason)
+        if subscribers:
+            log.warning("closing clients", count=len(subscribers), code=code, reason=reason)

@@ -1,0 +1,178 @@
+"""The durable subscriber: consume ``chat.history``, store in synced LevelDB batches, then ack.
+
+A delivery is acked only after the batch holding it is on disk, so a crash at any point leaves it in the
+queue; the store's idempotent write makes the redelivery harmless. When a write fails (disk full), the batch
+is requeued once, the consumer is cancelled and the service goes unready; a probe write every
+``retry_interval_s`` resumes consuming when the disk takes writes again, instead of requeueing in a loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import structlog
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage, AbstractQueue
+
+from services.common.schema import ChatMessage, InvalidMessage
+from services.common.settings import AmqpSettings
+from services.common.topology import declare_topology
+from services.history.metrics import HistoryMetrics
+from services.history.settings import HistorySettings
+from services.history.store import MessageStore, WriteResult
+
+log = structlog.get_logger(__name__)
+
+
+class HistoryConsumer:
+    def __init__(
+        self, store: MessageStore, settings: HistorySettings, amqp: AmqpSettings, metrics: HistoryMetrics
+    ) -> None:
+        self._store = store
+        self._settings = settings
+        self._amqp = amqp
+        self._metrics = metrics
+        self._queue: AbstractQueue | None = None
+        self._consumer_tag: str | None = None
+        self._pending: list[AbstractIncomingMessage] = []
+        self._has_pending = asyncio.Event()
+        self._drain_task: asyncio.Task[None] | None = None
+        self._retry_task: asyncio.Task[None] | None = None
+        self.storage_failed = False
+
+    @property
+    def consuming(self) -> bool:
+        return self._consumer_tag is not None
+
+    async def setup(self, connection: AbstractConnection) -> list[AbstractChannel]:
+        """Run by the broker link at every (re)connect."""
+        await self._stop_drain()
+        self._pending = []
+        self._consumer_tag = None
+        channel = await connection.channel(publisher_confirms=False)
+        await channel.set_qos(prefetch_count=self._amqp.prefetch)
+        topology = await declare_topology(channel, self._amqp.exchange, self._amqp.history_queue)
+        self._queue = topology.history_queue
+        self._drain_task = asyncio.create_task(self._drain_loop(), name="history-drain")
+        if not self.storage_failed:
+            await self._start_consuming()
+        return [channel]
+
+    async def on_lost(self) -> None:
+        # Unacked deliveries return to the queue with the connection; forget them here.
+        self._consumer_tag = None
+        self._metrics.consuming.set(0)
+        await self._stop_drain()
+        self._pending = []
+
+    async def shutdown(self) -> None:
+        """Stop taking deliveries and store what was already received, so a clean stop acks everything."""
+        await self._cancel_consumer()
+        if self._retry_task is not None:
+            self._retry_task.cancel()
+        await self._stop_drain()
+        if self._pending and not self.storage_failed:
+            batch, self._pending = self._pending, []
+            with contextlib.suppress(Exception):
+                await self._flush(batch)
+
+    async def _start_consuming(self) -> None:
+        assert self._queue is not None
+        self._consumer_tag = await self._queue.consume(self._on_delivery)
+        self._metrics.consuming.set(1)
+
+    async def _cancel_consumer(self) -> None:
+        tag, self._consumer_tag = self._consumer_tag, None
+        self._metrics.consuming.set(0)
+        if tag is not None and self._queue is not None:
+            with contextlib.suppress(Exception):
+                await self._queue.cancel(tag)
+
+    async def _stop_drain(self) -> None:
+        task, self._drain_task = self._drain_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _on_delivery(self, message: AbstractIncomingMessage) -> None:
+        # Called once per delivery by aiormq; it only queues, one drain task does the work in batches.
+        self._pending.append(message)
+        self._has_pending.set()
+
+    async def _drain_loop(self) -> None:
+        linger = self._settings.batch_linger_ms / 1000
+        while True:
+            await self._has_pending.wait()
+            if len(self._pending) < self._settings.batch_max and linger:
+                await asyncio.sleep(linger)
+            batch = self._pending[: self._settings.batch_max]
+            del self._pending[: len(batch)]
+            if not self._pending:
+                self._has_pending.clear()
+            if batch:
+                await self._flush(batch)
+
+    async def _flush(self, batch: list[AbstractIncomingMessage]) -> None:
+        readable: list[tuple[ChatMessage, bytes]] = []
+        accepted: list[AbstractIncomingMessage] = []
+        for delivery in batch:
+            try:
+                readable.append((ChatMessage.from_wire(delivery.body), delivery.body))
+                accepted.append(delivery)
+            except InvalidMessage as exc:
+                log.error("unreadable delivery dead-lettered", error=str(exc), size=len(delivery.body))
+                self._metrics.dead_lettered.inc()
+                await delivery.reject(requeue=False)
+        if not accepted:
+            return
+        started = time.perf_counter()
+        try:
+            result = await asyncio.to_thread(self._store.write, readable)
+        except Exception as exc:
+            await self._storage_failed(accepted, exc)
+            return
+        self._metrics.batch_seconds.observe(time.perf_counter() - started)
+        # Acking the newest accepted delivery with `multiple` settles the whole batch in one frame.
+        await accepted[-1].ack(multiple=True)
+        self._record(result, len(accepted))
+
+    def _record(self, result: WriteResult, size: int) -> None:
+        self._metrics.batch_size.observe(size)
+        self._metrics.stored.inc(len(result.stored))
+        self._metrics.duplicates.labels(key="id").inc(result.duplicate_ids)
+        self._metrics.duplicates.labels(key="client_id").inc(result.duplicate_client_ids)
+        if result.stored:
+            now_ms = time.time() * 1000
+            for message in result.stored:
+                self._metrics.lag.observe(max(0.0, (now_ms - message.ts) / 1000))
+            self._metrics.newest_stored_ts.set(max(m.ts for m in result.stored) / 1000)
+
+    async def _storage_failed(self, batch: list[AbstractIncomingMessage], exc: Exception) -> None:
+        self._metrics.store_failures.inc()
+        log.error("storage write failed; requeued and stopped consuming", error=repr(exc)[:300], batch=len(batch))
+        self.storage_failed = True
+        await self._cancel_consumer()
+        pending, self._pending = self._pending, []
+        self._has_pending.clear()
+        with contextlib.suppress(Exception):
+            await batch[-1].nack(multiple=True, requeue=True)
+            for delivery in pending:
+                await delivery.nack(requeue=True)
+        if self._retry_task is None or self._retry_task.done():
+            self._retry_task = asyncio.create_task(self._retry_storage(), name="history-storage-retry")
+
+    async def _retry_storage(self) -> None:
+        while self.storage_failed:
+            await asyncio.sleep(self._settings.retry_interval_s)
+            try:
+                await asyncio.to_thread(self._store.probe)
+            except Exception as exc:
+                log.warning("storage still failing", error=repr(exc)[:300])
+                continue
+            self.storage_failed = False
+            log.info("storage writable again; resuming consumption")
+            if self._queue is not None and self._drain_task is not None:
+                with contextlib.suppress(Exception):
+                    await self._start_consuming()

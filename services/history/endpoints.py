@@ -1,0 +1,107 @@
+"""Thin HTTP handlers of the history service: streamed pages, health."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import structlog
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+
+from services.common.auth import Unauthorized, bearer_token
+from services.common.http import error_response
+from services.history.query import QueryError, parse_ids, parse_page_query
+from services.history.service import HistoryService
+from services.history.store import PageQuery
+
+log = structlog.get_logger(__name__)
+NDJSON = "application/x-ndjson"
+_CHUNK = 500
+
+
+def _service(request: Request) -> HistoryService:
+    service: HistoryService = request.state.service
+    return service
+
+
+async def list_messages(request: Request) -> Response:
+    service = _service(request)
+    if service.verifier.enabled:
+        try:
+            service.verifier.subject(bearer_token(request.headers.get("authorization"), request.query_params.get("token")))
+        except Unauthorized as exc:
+            return error_response(401, "unauthorized", str(exc))
+    room = request.path_params["room"]
+    try:
+        query = parse_page_query(room, request.query_params, service.settings.max_page)
+        ids = parse_ids(request.query_params["ids"]) if "ids" in request.query_params else None
+    except QueryError as exc:
+        return error_response(400, exc.code, exc.detail)
+    ndjson = NDJSON in request.headers.get("accept", "")
+    if ids is not None:
+        bodies = stream_ids(service, room, ids)
+    else:
+        bodies = stream_page(service, query)
+    return StreamingResponse(
+        _as_ndjson(bodies) if ndjson else _as_json_array(bodies),
+        media_type=NDJSON if ndjson else "application/json",
+    )
+
+
+async def stream_ids(service: HistoryService, room: str, ids: list[str]) -> AsyncIterator[list[bytes]]:
+    yield await asyncio.to_thread(service.store.get_many, room, ids)
+
+
+async def stream_page(service: HistoryService, query: PageQuery) -> AsyncIterator[list[bytes]]:
+    """Read the answer in chunks in a worker thread, so memory stays flat however large the page."""
+    if query.latest or (query.before and not query.after):
+        newest = await asyncio.to_thread(service.store.page, query)
+        service.metrics.served.inc(len(newest))
+        yield newest
+        return
+    remaining, after = query.limit, query.after
+    while remaining > 0:
+        chunk_query = PageQuery(room=query.room, limit=min(_CHUNK, remaining), after=after, before=query.before)
+        chunk = await asyncio.to_thread(service.store.page, chunk_query)
+        if not chunk:
+            return
+        service.metrics.served.inc(len(chunk))
+        yield chunk
+        if len(chunk) < chunk_query.limit:
+            return
+        remaining -= len(chunk)
+        after = _id_of(chunk[-1])
+
+
+def _id_of(body: bytes) -> str:
+    # Stored bodies are written by ChatMessage.to_wire: `{"v":1,"id":"<26 chars>",...`.
+    start = body.index(b'"id":"') + 6
+    return body[start : start + 26].decode()
+
+
+async def _as_json_array(chunks: AsyncIterator[list[bytes]]) -> AsyncIterator[bytes]:
+    first = True
+    yield b"["
+    async for chunk in chunks:
+        if chunk:
+            yield (b"" if first else b",") + b",".join(chunk)
+            first = False
+    yield b"]"
+
+
+async def _as_ndjson(chunks: AsyncIterator[list[bytes]]) -> AsyncIterator[bytes]:
+    async for chunk in chunks:
+        if chunk:
+            yield b"\n".join(chunk) + b"\n"
+
+
+async def healthz(_: Request) -> Response:
+    return PlainTextResponse("ok")
+
+
+async def readyz(request: Request) -> Response:
+    problems = _service(request).readiness_problems()
+    if problems:
+        return JSONResponse({"ready": False, "problems": problems}, status_code=503)
+    return JSONResponse({"ready": True})

@@ -1,0 +1,54 @@
+"""Parsing of history query parameters into a PageQuery, with the contract's error codes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from services.common.ids import is_ulid
+from services.common.schema import MAX_CURSOR_IDS, valid_room
+from services.history.store import PageQuery
+
+DEFAULT_LIMIT = 100
+_KNOWN = frozenset({"after", "before", "limit", "latest", "ids", "token"})
+
+
+class QueryError(ValueError):
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
+def parse_page_query(room: str, params: Mapping[str, str], max_page: int) -> PageQuery:
+    if not valid_room(room):
+        raise QueryError("bad_room", "room must match [A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
+    unknown = set(params) - _KNOWN
+    if unknown:
+        raise QueryError("bad_parameter", f"unknown parameter(s): {', '.join(sorted(unknown))[:200]}")
+    after = _optional_id(params, "after")
+    before = _optional_id(params, "before")
+    if after and before and after >= before:
+        raise QueryError("bad_range", "after must be smaller than before")
+    raw_limit = params.get("limit", str(DEFAULT_LIMIT))
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= max_page:
+        raise QueryError("bad_limit", f"limit must be an integer from 1 to {max_page}")
+    latest = params.get("latest", "0")
+    if latest not in ("0", "1", "true", "false"):
+        raise QueryError("bad_parameter", "latest must be 0 or 1")
+    return PageQuery(room=room, limit=int(raw_limit), after=after, before=before, latest=latest in ("1", "true"))
+
+
+def parse_ids(raw: str) -> list[str]:
+    ids = [part for part in raw.split(",") if part]
+    if not ids or len(ids) > MAX_CURSOR_IDS or not all(is_ulid(i) for i in ids):
+        raise QueryError("bad_ids", f"ids must be 1 to {MAX_CURSOR_IDS} comma-separated message ids")
+    return ids
+
+
+def _optional_id(params: Mapping[str, str], name: str) -> str | None:
+    value = params.get(name)
+    if value is None or value == "":
+        return None
+    if not is_ulid(value):
+        raise QueryError(f"bad_{name}", f"{name} must be a message id (26-character ULID)")
+    return value

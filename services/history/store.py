@@ -1,0 +1,116 @@
+"""LevelDB storage: messages keyed by (room, id), and an idempotency index keyed by (room, author, client_id).
+
+Writes are idempotent: a message whose id is stored, or whose (room, author, client_id) already names another
+stored id, is dropped. One writer (the consumer) calls ``write``, so check-then-write needs no lock. Calls are
+blocking; the service runs them in a worker thread.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import plyvel
+
+from services.common.schema import ChatMessage
+
+_MESSAGE = b"m\x00"
+_CLIENT_KEY = b"k\x00"
+_PROBE_KEY = b"probe"
+_SEP = b"\x00"
+_ID_AFTER_ALL = b"\xff"
+
+
+def _room_prefix(room: str) -> bytes:
+    return _MESSAGE + room.encode() + _SEP
+
+
+def _message_key(room: str, msg_id: str) -> bytes:
+    return _room_prefix(room) + msg_id.encode()
+
+
+def _client_key(message: ChatMessage) -> bytes | None:
+    if message.client_id is None:
+        return None
+    return _CLIENT_KEY + message.room.encode() + _SEP + (message.author or "").encode() + _SEP + message.client_id.encode()
+
+
+@dataclass(slots=True)
+class WriteResult:
+    stored: list[ChatMessage] = field(default_factory=list)
+    duplicate_ids: int = 0
+    duplicate_client_ids: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PageQuery:
+    """A validated history query; ``after``/``before`` are exclusive, ``latest`` takes the newest."""
+
+    room: str
+    limit: int
+    after: str | None = None
+    before: str | None = None
+    latest: bool = False
+
+
+class MessageStore:
+    def __init__(self, path: str) -> None:
+        os.makedirs(path, exist_ok=True)
+        self._db = plyvel.DB(path, create_if_missing=True)
+
+    def close(self) -> None:
+        self._db.close()
+
+    @property
+    def closed(self) -> bool:
+        return bool(self._db.closed)
+
+    def write(self, messages: Sequence[tuple[ChatMessage, bytes]]) -> WriteResult:
+        """Store (message, wire body) pairs in one synced batch; return what was new."""
+        result = WriteResult()
+        seen_ids: set[bytes] = set()
+        seen_client_keys: set[bytes] = set()
+        with self._db.write_batch(sync=True) as batch:
+            for message, wire in messages:
+                key = _message_key(message.room, message.id)
+                if key in seen_ids or self._db.get(key) is not None:
+                    result.duplicate_ids += 1
+                    continue
+                client_key = _client_key(message)
+                if client_key is not None:
+                    if client_key in seen_client_keys or self._db.get(client_key) is not None:
+                        result.duplicate_client_ids += 1
+                        continue
+                    seen_client_keys.add(client_key)
+                    batch.put(client_key, message.id.encode())
+                seen_ids.add(key)
+                batch.put(key, wire)
+                result.stored.append(message)
+        return result
+
+    def probe(self) -> None:
+        """A synced write: raises when the database cannot take writes (disk full, closed)."""
+        self._db.put(_PROBE_KEY, b"1", sync=True)
+
+    def page(self, query: PageQuery) -> list[bytes]:
+        """One page of stored bodies in ascending id order."""
+        return list(self.iter_bodies(query))
+
+    def iter_bodies(self, query: PageQuery) -> Iterator[bytes]:
+        prefix = _room_prefix(query.room)
+        start = prefix + query.after.encode() + _SEP if query.after else prefix
+        stop = prefix + query.before.encode() if query.before else prefix + _ID_AFTER_ALL
+        if query.latest or (query.before and not query.after):
+            newest_first = self._db.iterator(start=start, stop=stop, reverse=True, include_key=False)
+            page = [body for _, body in zip(range(query.limit), newest_first, strict=False)]
+            newest_first.close()
+            yield from reversed(page)
+            return
+        with self._db.iterator(start=start, stop=stop, include_key=False) as oldest_first:
+            for _, body in zip(range(query.limit), oldest_first, strict=False):
+                yield body
+
+    def get_many(self, room: str, ids: Sequence[str]) -> list[bytes]:
+        bodies = (self._db.get(_message_key(room, msg_id)) for msg_id in sorted(set(ids)))
+        return [body for body in bodies if body is not None]
