@@ -1,0 +1,146 @@
+"""A real WebSocket chat client for tests: frames, acks, the per-origin cursor, reconnects."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections.abc import Callable, Sequence
+from typing import Any
+from urllib.parse import urlencode
+
+import orjson
+import websockets
+from websockets.asyncio.client import ClientConnection
+
+Frame = dict[str, Any]
+_client_ids = itertools.count()
+
+
+def cursor_of(messages: Sequence[Frame], max_origins: int = 32) -> str:
+    """The contract's cursor: the newest id held from each of the most recently seen origins."""
+    newest: dict[str, str] = {}
+    for message in messages:
+        origin = message["origin"]
+        if message["id"] > newest.get(origin, ""):
+            newest.pop(origin, None)
+            newest[origin] = message["id"]
+    return ",".join(list(newest.values())[-max_origins:])
+
+
+class ChatClient:
+    """Keeps every frame; ``messages`` holds message frames in arrival order, ``unique`` by id."""
+
+    def __init__(self, urls: Sequence[str], room: str, name: str | None = None, coalesce: bool = False) -> None:
+        self.urls = list(urls)
+        self.room = room
+        self.name = name
+        self.coalesce = coalesce
+        self.frames: list[Frame] = []
+        self.messages: list[Frame] = []
+        self.unique: dict[str, Frame] = {}
+        self.duplicates: list[str] = []
+        self.acks: dict[str, str] = {}
+        self.errors: list[Frame] = []
+        self.synced = asyncio.Event()
+        self.close_codes: list[int | None] = []
+        self.connections = 0
+        self._ws: ClientConnection | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._changed = asyncio.Event()
+
+    @property
+    def ws(self) -> ClientConnection:
+        assert self._ws is not None
+        return self._ws
+
+    def url(self, index: int = 0, after: str | None = None) -> str:
+        params: dict[str, str] = {"room": self.room}
+        if self.name:
+            params["name"] = self.name
+        if after:
+            params["after"] = after
+        if self.coalesce:
+            params["coalesce"] = "1"
+        return f"{self.urls[index % len(self.urls)]}?{urlencode(params)}"
+
+    async def connect(self, index: int = 0, resume: bool = False, timeout: float = 30) -> None:
+        after = cursor_of(list(self.unique.values())) if resume and self.unique else None
+        self.synced.clear()
+        self._ws = await websockets.connect(self.url(index, after), max_size=2**22, open_timeout=10)
+        self.connections += 1
+        self._reader = asyncio.create_task(self._read(self._ws))
+        await asyncio.wait_for(self.synced.wait(), timeout)
+
+    async def reconnect(self, index: int, timeout: float = 30, attempts: int = 60) -> None:
+        """Resume with the cursor on replica ``index``, retrying while it is not accepting."""
+        await self.close()
+        for attempt in range(attempts):
+            try:
+                await self.connect(index, resume=True, timeout=timeout)
+                return
+            except (OSError, websockets.exceptions.WebSocketException, TimeoutError):
+                await self.close()
+                await asyncio.sleep(min(1.0, 0.1 * (attempt + 1)))
+        raise RuntimeError(f"could not reconnect to replica {index}")
+
+    async def send(self, text: str, client_id: str | None = None) -> str:
+        client_id = client_id or f"c{next(_client_ids)}"
+        await self.ws.send(orjson.dumps({"type": "send", "text": text, "client_id": client_id}).decode())
+        return client_id
+
+    async def send_raw(self, data: str | bytes) -> None:
+        await self.ws.send(data)
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 30) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not predicate():
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                raise TimeoutError("condition not met in time")
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), min(remaining, 0.5))
+
+    async def wait_closed(self, timeout: float = 30) -> int | None:
+        assert self._reader is not None
+        await asyncio.wait_for(asyncio.shield(self._reader), timeout)
+        return self.close_codes[-1] if self.close_codes else None
+
+    async def close(self) -> None:
+        if self._ws is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._ws.close(), 5)
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(BaseException):
+                await self._reader
+        self._ws = None
+        self._reader = None
+
+    async def _read(self, ws: ClientConnection) -> None:
+        try:
+            async for raw in ws:
+                for line in (raw.splitlines() if isinstance(raw, str) else [raw]):
+                    self._on_frame(orjson.loads(line))
+        except websockets.exceptions.ConnectionClosed:
+            pass
+        finally:
+            self.close_codes.append(ws.close_code)
+            self._changed.set()
+
+    def _on_frame(self, frame: Frame) -> None:
+        self.frames.append(frame)
+        kind = frame.get("type")
+        if kind == "message":
+            self.messages.append(frame)
+            if frame["id"] in self.unique:
+                self.duplicates.append(frame["id"])
+            self.unique[frame["id"]] = frame
+        elif kind == "ack":
+            self.acks[frame["client_id"]] = frame["id"]
+        elif kind == "error":
+            self.errors.append(frame)
+        elif kind == "synced":
+            self.synced.set()
+        self._changed.set()
