@@ -108,15 +108,15 @@ class Subscriber:
                 await self._wakeup.wait()
                 if self.closed:
                     break
-                if self._coalesce and len(self._frames) > 1:
-                    batch = "\n".join(self._frames)
-                    self._frames.clear()
+                while self._frames and not self.closed:
+                    if self._coalesce and len(self._frames) > 1:
+                        batch = "\n".join(self._frames)
+                        self._frames.clear()
+                    else:
+                        batch = self._frames.popleft()
                     await self._send_text(batch)
-                else:
-                    while self._frames and not self.closed:
-                        await self._send_text(self._frames.popleft())
-                        if len(self._frames) < self._max_frames // 2:
-                            self._space.set()
+                    if len(self._frames) < self._max_frames // 2:
+                        self._space.set()
                 if not self._frames:
                     self._wakeup.clear()
                     self._space.set()

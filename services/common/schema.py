@@ -124,7 +124,9 @@ def parse_send_frame(raw: str, max_text_bytes: int) -> SendRequest:
     """Validate one client text frame; raise FrameError with the contract's code."""
     try:
         data = orjson.loads(raw)
-    except orjson.JSONDecodeError:
+    except orjson.JSONDecodeError as exc:
+        if "surrogate" in str(exc):
+            raise FrameError("bad_text", "text is not valid Unicode (lone surrogate escape)") from None
         raise FrameError("bad_json", "frame is not valid JSON") from None
     if not isinstance(data, dict):
         raise FrameError("bad_frame", "frame must be a JSON object")

@@ -1,0 +1,43 @@
+# durable-chat: `make run` runs the system, `make test` passes the tests. Both set up what they need.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test test-fast chaos bench e2e-kind lint deps clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+deps: $(STAMP)
+	bash scripts/ensure-rabbitmq.sh
+
+run: deps
+	bash scripts/run-local.sh
+
+test: deps
+	@for s in scripts/install-deploy-tools.sh scripts/install-browser-tools.sh; do \
+	  if [ -f $$s ]; then bash $$s || exit 1; fi; done
+	$(BIN)/python -m pytest -m "not slow and not kind" -q
+
+test-fast: deps
+	$(BIN)/python -m pytest tests/unit tests/integration -q
+
+chaos: deps
+	$(BIN)/python -m pytest tests/e2e -m "slow or not slow" -q
+
+bench: deps
+	@if [ -f bench/run.sh ]; then bash bench/run.sh; else echo "bench/ not present"; exit 1; fi
+
+e2e-kind: deps
+	bash tests/e2e/kind/run.sh
+
+lint: $(STAMP)
+	$(BIN)/ruff check services tests
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) .tools .run data test-artifacts
