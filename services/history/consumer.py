@@ -167,6 +167,7 @@ class HistoryConsumer:
         while self.storage_failed:
             await asyncio.sleep(self._settings.retry_interval_s)
             try:
+                await asyncio.to_thread(self._store.reopen)
                 await asyncio.to_thread(self._store.probe)
             except Exception as exc:
                 log.warning("storage still failing", error=repr(exc)[:300])

@@ -57,7 +57,14 @@ class PageQuery:
 class MessageStore:
     def __init__(self, path: str) -> None:
         os.makedirs(path, exist_ok=True)
+        self._path = path
         self._db = plyvel.DB(path, create_if_missing=True)
+
+    def reopen(self) -> None:
+        """LevelDB keeps refusing writes after one failed (a sticky background error) until reopened."""
+        if not self._db.closed:
+            self._db.close()
+        self._db = plyvel.DB(self._path, create_if_missing=True)
 
     def close(self) -> None:
         self._db.close()
