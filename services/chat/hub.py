@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 
@@ -38,6 +39,10 @@ class Subscriber:
         self._space = asyncio.Event()
         self._space.set()
         self.pending: list[tuple[ChatMessage, str]] | None = []  # None once synced
+        # Ids the backlog already sent that may still arrive live: history can store a message before this
+        # replica's queue delivers it. Dropped when they show up, forgotten after the recovery window.
+        self._already_sent: set[str] | None = None
+        self._already_sent_until = 0.0
         self.closed = False
         self.close_code: int | None = None
         self._close_reason = ""
@@ -48,6 +53,12 @@ class Subscriber:
         return len(self._frames)
 
     def deliver_live(self, message: ChatMessage, frame: str) -> None:
+        if self._already_sent is not None:
+            if time.monotonic() > self._already_sent_until:
+                self._already_sent = None
+            elif message.id in self._already_sent:
+                self._already_sent.discard(message.id)
+                return
         if self.pending is not None:
             if len(self.pending) >= self._max_frames:
                 self.overflow("live messages piled up while the backlog was sent")
@@ -74,8 +85,12 @@ class Subscriber:
             await self._space.wait()
         self.push(frame)
 
-    def finish_sync(self) -> list[tuple[ChatMessage, str]]:
+    def finish_sync(self, already_sent: set[str] | None = None, window_s: float = 0.0) -> list[tuple[ChatMessage, str]]:
+        """Leave buffering mode; return the held-back live messages. Later repeats of ``already_sent`` are dropped."""
         pending, self.pending = self.pending or [], None
+        if already_sent:
+            self._already_sent = already_sent
+            self._already_sent_until = time.monotonic() + window_s
         return pending
 
     def overflow(self, reason: str) -> None:

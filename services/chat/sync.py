@@ -94,8 +94,10 @@ class BacklogSync:
                 if progress.last is None or message.id > progress.last:
                     await self._send(subscriber, progress, message, frame)
                     count += 1
-        for message, frame in subscriber.finish_sync():
-            if message.id not in progress.recent_ids:
+        for message, frame in subscriber.finish_sync(progress.recent_ids, self._window_ms / 1000):
+            if message.id in progress.recent_ids:
+                progress.recent_ids.discard(message.id)
+            else:
                 subscriber.push(frame)
                 progress.sent(message)
         subscriber.push(orjson.dumps({"type": "synced", "last": progress.last}).decode())
