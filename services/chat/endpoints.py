@@ -153,10 +153,8 @@ async def _receive_loop(websocket: WebSocket, service: ChatService, session: Ses
             _reply_error(service, subscriber, exc)
             continue
         except PublishFailed as exc:
-            _reply_error(
-                service, subscriber,
-                FrameError("publish_failed", f"not confirmed by the broker ({exc.reason}); resend with the same client_id", request.client_id),
-            )
+            detail = f"not confirmed by the broker ({exc.reason}); resend with the same client_id"
+            _reply_error(service, subscriber, FrameError("publish_failed", detail, request.client_id))
             continue
         subscriber.push(orjson.dumps({"type": "ack", "client_id": request.client_id, "id": message_id}).decode())
 

@@ -50,7 +50,7 @@ class HistoryClient:
 
     async def proxy(self, room: str, params: list[tuple[str, str]], headers: dict[str, str]) -> httpx.Response:
         """Open a streamed request for the public read API; the caller closes the response."""
-        request = self._http.build_request("GET", f"/rooms/{room}/messages", params=params, headers=headers)
+        request = self._http.build_request("GET", f"/rooms/{room}/messages", params=tuple(params), headers=headers)
         try:
             return await self._http.send(request, stream=True)
         except httpx.HTTPError as exc:

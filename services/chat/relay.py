@@ -113,8 +113,8 @@ class ChatRelay:
                 ),
                 mandatory=True,
                 timeout=self._amqp.publish_timeout_s,
-                wait=False,
-            )
+                wait=False,  # do not hold the channel lock until the frame is flushed; order is kept anyway
+            )  # type: ignore[call-arg]  # aiormq's Channel takes `wait`; its abstract base does not declare it
         except TimeoutError:
             raise self._failed("timeout") from None
         except aiormq.exceptions.DeliveryError:

@@ -47,11 +47,6 @@ class BrokerLink:
     def ready(self) -> bool:
         return self._ready.is_set() and self._connection is not None and not self._connection.is_closed
 
-    async def wait_ready(self, timeout: float | None = None) -> bool:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._ready.wait(), timeout)
-        return self.ready
-
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"broker-link-{self._name}")
 

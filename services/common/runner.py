@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Callable
 
@@ -40,7 +41,7 @@ def serve(
         lifespan="on",
         log_config=None,
         access_log=False,
-        timeout_graceful_shutdown=grace_s,
+        timeout_graceful_shutdown=math.ceil(grace_s),
         proxy_headers=False,
         server_header=False,
     )

@@ -88,7 +88,7 @@ class ChatMessage:
             raise InvalidMessage(f"bad version {version!r}")
         msg_id, room, text, ts = data.get("id"), data.get("room"), data.get("text"), data.get("ts")
         origin, author, client_id = data.get("origin", ""), data.get("author"), data.get("client_id")
-        if not is_ulid(msg_id):
+        if not isinstance(msg_id, str) or not is_ulid(msg_id):
             raise InvalidMessage("bad id")
         if not isinstance(room, str) or not ROOM_RE.fullmatch(room):
             raise InvalidMessage("bad room")

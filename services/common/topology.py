@@ -7,6 +7,7 @@ arguments), so these are versioned with the contract, not tuned per install.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
@@ -15,7 +16,7 @@ DEAD_LETTER_EXCHANGE = "chat.dlx"
 DEAD_LETTER_QUEUE = "chat.history.dlq"
 
 
-def history_queue_arguments() -> dict[str, str]:
+def history_queue_arguments() -> dict[str, Any]:
     # at-least-once dead-lettering only applies with reject-publish overflow; with no length limit set,
     # that overflow mode never refuses anything.
     return {

@@ -29,7 +29,8 @@ async def list_messages(request: Request) -> Response:
     service = _service(request)
     if service.verifier.enabled:
         try:
-            service.verifier.subject(bearer_token(request.headers.get("authorization"), request.query_params.get("token")))
+            token = bearer_token(request.headers.get("authorization"), request.query_params.get("token"))
+            service.verifier.subject(token)
         except Unauthorized as exc:
             return error_response(401, "unauthorized", str(exc))
     room = request.path_params["room"]

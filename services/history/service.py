@@ -27,7 +27,7 @@ class HistoryService:
 
     async def start(self) -> None:
         if not self.verifier.enabled:
-            log.warning("history API is anonymous: set HISTORY_AUTH_SECRET or HISTORY_AUTH_PUBLIC_KEY to require tokens")
+            log.warning("anonymous mode: set HISTORY_AUTH_SECRET or HISTORY_AUTH_PUBLIC_KEY to require tokens")
         self.link.start()
 
     async def stop(self) -> None:

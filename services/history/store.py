@@ -33,7 +33,8 @@ def _message_key(room: str, msg_id: str) -> bytes:
 def _client_key(message: ChatMessage) -> bytes | None:
     if message.client_id is None:
         return None
-    return _CLIENT_KEY + message.room.encode() + _SEP + (message.author or "").encode() + _SEP + message.client_id.encode()
+    author = (message.author or "").encode()
+    return _CLIENT_KEY + message.room.encode() + _SEP + author + _SEP + message.client_id.encode()
 
 
 @dataclass(slots=True)

@@ -36,7 +36,7 @@ class Senders:
             n += 1
             await client.send(f"{client.name} #{n}", client_id=f"{client.name}-{n}")
             # One in flight per client: wait for its ack or error before the next.
-            await client.wait_for(lambda: len(client.acks) + len(client.errors) >= n, timeout=30)
+            await client.wait_for(lambda n=n: len(client.acks) + len(client.errors) >= n, timeout=30)
             if self.interval_s:
                 await asyncio.sleep(self.interval_s)
 
