@@ -1,0 +1,1 @@
+"""The `durable-chat` command-line client: send, tail, history."""
