@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.support.ports import port_open
-from tests.support.procs import LocalTopology
+from tests.support.ports import free_port, port_open
+from tests.support.procs import LocalTopology, ServiceProcess
 from tests.support.rabbit import PrivateRabbit, SharedVhost
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -323,3 +323,6 @@ def run_loadgen(spec: dict[str, Any], log_path: Path, timeout: float) -> dict[st
         raise RuntimeError(f"loadgen failed rc={process.returncode}: {log_path.read_text()[-3000:]}")
     result: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
     return result
+
+
+__all__ = ["ServiceProcess", "free_port", "LocalTopology"]  # re-exported for the bench modules
