@@ -71,6 +71,8 @@ def _topology_env(request: pytest.FixtureRequest) -> dict[str, str]:
 @pytest.fixture
 async def endpoints(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Endpoints]:
     if REMOTE_CHAT_URLS:
+        if request.node.get_closest_marker("topology_env"):
+            pytest.skip("needs replicas started with test-specific settings (running against remote endpoints)")
         yield Endpoints(REMOTE_CHAT_URLS, REMOTE_HISTORY_URL)
         return
     vhost = request.getfixturevalue("vhost_url")
