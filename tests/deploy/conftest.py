@@ -5,10 +5,12 @@ with a message naming it and that script."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -144,5 +146,82 @@ def values_case(request: pytest.FixtureRequest) -> ValuesCase:
     return request.param  # type: ignore[no-any-return]
 
 
-def docs_for(render: Renderer) -> Callable[[ValuesCase], list[Doc]]:
-    return lambda case: render.docs(case[1])
+class Validation:
+    """kubernetes-validate --strict over many manifests in one process per Kubernetes version (the schema load
+    dominates its run time), the versions in parallel; each test then looks up its own file's errors."""
+
+    def __init__(self, binary: str, directory: Path) -> None:
+        self.binary = binary
+        self.directory = directory
+        self.files: dict[str, Path] = {}
+        self._results: dict[str, subprocess.CompletedProcess[str]] | None = None
+
+    def add(self, key: str, docs: list[Doc]) -> None:
+        path = self.directory / (re.sub(r"[^A-Za-z0-9_.-]", "_", key) + ".yaml")
+        path.write_text(yaml.safe_dump_all(docs))
+        self.files[key] = path
+
+    def run_all(self) -> None:
+        with ThreadPoolExecutor(len(K8S_VERSIONS)) as pool:
+            futures = {
+                version: pool.submit(
+                    run, [self.binary, "--strict", "--quiet", "-k", version, *map(str, self.files.values())], None,
+                    False,
+                )
+                for version in K8S_VERSIONS
+            }
+            self._results = {version: future.result() for version, future in futures.items()}
+
+    def errors(self, key: str, version: str) -> list[str]:
+        assert self._results is not None, "run_all() first"
+        result = self._results[version]
+        lines = (result.stdout + result.stderr).splitlines()
+        mine = [line for line in lines if str(self.files[key]) in line.split()]
+        attributed = any(str(path) in line.split() for line in lines for path in self.files.values())
+        if result.returncode != 0 and not attributed:
+            mine.append(f"kubernetes-validate failed (rc {result.returncode}): {result.stdout}{result.stderr}")
+        return mine
+
+
+CRD_API_GROUPS = ("monitoring.coreos.com/", "rabbitmq.com/")
+
+
+def core_objects(docs: list[Doc]) -> list[Doc]:
+    """What kubernetes-validate knows (custom resources are checked against tests/deploy/crd_schemas.py)."""
+    return [d for d in docs if not d["apiVersion"].startswith(CRD_API_GROUPS)]
+
+
+_kustomize_builds: dict[str, list[Doc]] = {}
+
+
+def kustomize_build(kubectl: str, tree: str) -> list[Doc]:
+    if tree not in _kustomize_builds:
+        _kustomize_builds[tree] = load_docs(run([kubectl, "kustomize", str(KUSTOMIZE / tree)]).stdout)
+    return _kustomize_builds[tree]
+
+
+KUSTOMIZE_TREES = ["base"] + sorted(
+    f"overlays/{p.name}" for p in (KUSTOMIZE / "overlays").iterdir() if (p / "kustomization.yaml").exists()
+)
+
+
+@pytest.fixture(scope="session")
+def chart_validation(
+    render: Renderer, kubernetes_validate: str, tmp_path_factory: pytest.TempPathFactory
+) -> Validation:
+    validation = Validation(kubernetes_validate, tmp_path_factory.mktemp("chart-validate"))
+    for name, values in VALUES_CASES:
+        validation.add(name, core_objects(render.docs(values)))
+    validation.run_all()
+    return validation
+
+
+@pytest.fixture(scope="session")
+def kustomize_validation(
+    kubectl: str, kubernetes_validate: str, tmp_path_factory: pytest.TempPathFactory
+) -> Validation:
+    validation = Validation(kubernetes_validate, tmp_path_factory.mktemp("kustomize-validate"))
+    for tree in KUSTOMIZE_TREES:
+        validation.add(tree, core_objects(kustomize_build(kubectl, tree)))
+    validation.run_all()
+    return validation

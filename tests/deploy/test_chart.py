@@ -14,7 +14,9 @@ from tests.deploy.conftest import (
     K8S_VERSIONS,
     Doc,
     Renderer,
+    Validation,
     ValuesCase,
+    core_objects,
     find,
     kinds,
     pod_specs,
@@ -23,8 +25,6 @@ from tests.deploy.conftest import (
 from tests.deploy.crd_schemas import CRD_SCHEMAS
 
 jsonschema = pytest.importorskip("jsonschema", reason="jsonschema is missing: run scripts/install-deploy-tools.sh")
-import yaml  # noqa: E402
-
 CORE_API_GROUPS = ("v1", "apps/v1", "policy/v1", "autoscaling/v2", "networking.k8s.io/v1")
 
 
@@ -44,13 +44,11 @@ def test_helm_lint_strict(helm: str, values_case: ValuesCase) -> None:
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)
 def test_rendered_objects_validate_against_kubernetes(
-    render: Renderer, kubernetes_validate: str, values_case: ValuesCase, version: str
+    render: Renderer, chart_validation: Validation, values_case: ValuesCase, version: str
 ) -> None:
     docs = render.docs(values_case[1])
-    core = [d for d in docs if d["apiVersion"] in CORE_API_GROUPS]
-    assert len(core) == len([d for d in docs if (d["apiVersion"], d["kind"]) not in CRD_SCHEMAS])
-    text = yaml.safe_dump_all(core)
-    run([kubernetes_validate, "--strict", "--quiet", "-k", version, "-"], stdin=text)
+    assert {d["apiVersion"] for d in core_objects(docs)} <= set(CORE_API_GROUPS)
+    assert chart_validation.errors(values_case[0], version) == []
 
 
 def test_custom_resources_match_their_crd_schemas(render: Renderer, values_case: ValuesCase) -> None:
@@ -266,8 +264,8 @@ def test_rabbitmq_cluster_supplies_amqp_url(render: Renderer) -> None:
             ref = env[f"RABBITMQ_DEFAULT_USER_{var}"]["valueFrom"]["secretKeyRef"]
             assert ref["name"] == secret_name and ref["key"] == var.lower()
         names = list(env)
-        assert names.index("AMQP_URL") > max(names.index(f"RABBITMQ_DEFAULT_USER_{v}") for v in ("USERNAME",
-                                                                                                 "PASSWORD", "HOST", "PORT")), "$(VAR) expands only earlier variables"
+        inputs = [names.index(f"RABBITMQ_DEFAULT_USER_{v}") for v in ("USERNAME", "PASSWORD", "HOST", "PORT")]
+        assert names.index("AMQP_URL") > max(inputs), "$(VAR) expands only variables defined earlier"
 
 
 def test_secrets_never_land_in_configmaps(render: Renderer) -> None:

@@ -54,6 +54,6 @@ def test_final_stage_runs_as_numeric_non_root_without_build_tools() -> None:
 
 
 def test_dockerignore_allows_only_what_the_build_copies() -> None:
-    lines = [l for l in (ROOT / ".dockerignore").read_text().splitlines() if l and not l.startswith("#")]
+    lines = [line for line in (ROOT / ".dockerignore").read_text().splitlines() if line and line[0] != "#"]
     assert lines[0] == "*"
     assert {"!pyproject.toml", "!services/"} <= set(lines)

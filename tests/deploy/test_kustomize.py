@@ -12,26 +12,30 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.deploy.conftest import CHART, K8S_VERSIONS, KUSTOMIZE, Doc, Renderer, load_docs, pod_specs, run
+from tests.deploy.conftest import (
+    CHART,
+    K8S_VERSIONS,
+    KUSTOMIZE,
+    KUSTOMIZE_TREES,
+    Doc,
+    Renderer,
+    Validation,
+    kustomize_build,
+    pod_specs,
+)
 from tests.deploy.crd_schemas import CRD_SCHEMAS
 from tests.deploy.test_config_parity import MODELS_OF, env_names
 
 jsonschema = pytest.importorskip("jsonschema", reason="jsonschema is missing: run scripts/install-deploy-tools.sh")
 
-OVERLAYS = sorted(p.name for p in (KUSTOMIZE / "overlays").iterdir() if (p / "kustomization.yaml").exists())
-TREES = ["base"] + [f"overlays/{name}" for name in OVERLAYS]
+OVERLAYS = [tree.split("/", 1)[1] for tree in KUSTOMIZE_TREES if tree.startswith("overlays/")]
+TREES = KUSTOMIZE_TREES
 HASH_SUFFIX = re.compile(r"-[a-z0-9]{10}$")
 HELM_ONLY_LABELS = ("helm.sh/chart", "app.kubernetes.io/version", "app.kubernetes.io/managed-by",
                     "app.kubernetes.io/part-of", "environment")
 DEPRECATED = {"patchesStrategicMerge", "patchesJson6902", "commonLabels", "bases", "vars"}
 
-_builds: dict[str, list[Doc]] = {}
-
-
-def build(kubectl: str, tree: str) -> list[Doc]:
-    if tree not in _builds:
-        _builds[tree] = load_docs(run([kubectl, "kustomize", str(KUSTOMIZE / tree)]).stdout)
-    return _builds[tree]
+build = kustomize_build
 
 
 def normalize(doc: Doc) -> Doc:
@@ -77,10 +81,9 @@ def test_overlays_exist() -> None:
 
 @pytest.mark.parametrize("tree", TREES)
 @pytest.mark.parametrize("version", K8S_VERSIONS)
-def test_builds_and_validates(kubectl: str, kubernetes_validate: str, tree: str, version: str) -> None:
+def test_builds_and_validates(kubectl: str, kustomize_validation: Validation, tree: str, version: str) -> None:
     docs = build(kubectl, tree)
-    core = [d for d in docs if (d["apiVersion"], d["kind"]) not in CRD_SCHEMAS]
-    run([kubernetes_validate, "--strict", "--quiet", "-k", version, "-"], stdin=yaml.safe_dump_all(core))
+    assert kustomize_validation.errors(tree, version) == []
     for doc in docs:
         if (doc["apiVersion"], doc["kind"]) in CRD_SCHEMAS:
             jsonschema.validate(doc, CRD_SCHEMAS[(doc["apiVersion"], doc["kind"])])
@@ -135,7 +138,8 @@ def test_settings_and_security_survive_the_overlays(kubectl: str, tree: str) -> 
         names = {e["name"] for e in container.get("env", [])}
         for source in container["envFrom"]:
             names |= set(config_maps[source["configMapRef"]["name"]]["data"])
-        assert names <= env_names(MODELS_OF[component]), f"{tree} {component}: unread {names - env_names(MODELS_OF[component])}"
+        unread = names - env_names(MODELS_OF[component])
+        assert not unread, f"{tree} {component}: variables the service does not read: {sorted(unread)}"
         assert spec["securityContext"]["runAsNonRoot"] is True
         sc = container["securityContext"]
         assert sc["readOnlyRootFilesystem"] is True and sc["capabilities"]["drop"] == ["ALL"]
