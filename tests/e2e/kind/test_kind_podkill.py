@@ -217,6 +217,8 @@ async def test_pod_kill_mid_stream_loses_nothing(forwards: list[PortForward]) ->
     assert all(len(ids) == 1 for ids in by_client.values()), "a client_id was stored twice"
 
     # A fresh client on the replacement chat pod gets the newest messages from history, each once.
+    await asyncio.to_thread(kubectl, "rollout", "status", f"deployment/{RELEASE}-durable-chat-chat", "--timeout=300s",
+                            timeout=310)
     replacement = next((p for p in chat_pods() if p not in (victim, survivor)), survivor)
     to_new = forward(forwards, f"pod/{replacement}", 8000)
     late = ChatClient([to_new.url.replace("http", "ws", 1) + "/ws"], room, name="late")
