@@ -132,6 +132,10 @@ class Subscriber:
                     await self._send_text(batch)
                     if len(self._frames) < self._max_frames // 2:
                         self._space.set()
+                if self.closed:
+                    # close_soon() ran while a send was blocked (a slow consumer, a broker loss under load):
+                    # its wakeup is spent, so send the close frame now rather than wait for one that never comes.
+                    break
                 if not self._frames:
                     self._wakeup.clear()
                     self._space.set()

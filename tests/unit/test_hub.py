@@ -70,6 +70,36 @@ async def test_a_stalled_client_is_closed_1013_with_bounded_memory() -> None:
     await sub.aclose()
 
 
+async def test_the_close_frame_goes_out_when_the_overflow_happens_mid_send() -> None:
+    # The usual case in production: the writer is blocked sending to the slow client when its buffer overflows.
+    sock = FakeSocket(stalled=True)
+    sub = Subscriber("r", sock.send, sock.close, 50, False)
+    sub.finish_sync()
+    sub.push(msg(0)[1])
+    await asyncio.sleep(0.01)  # the writer is now blocked sending frame 0
+    for i in range(1, 100):
+        sub.push(msg(i)[1])
+    assert sub.closed and sub.buffered == 0
+    sock.gate.set()
+    await asyncio.sleep(0.01)
+    assert sock.closed is not None and sock.closed[0] == CLOSE_SLOW_CONSUMER
+    assert sock.sent == [msg(0)[1]]
+    await sub.aclose()
+
+
+async def test_a_shutdown_close_during_a_send_reaches_the_client() -> None:
+    sock = FakeSocket(stalled=True)
+    sub = Subscriber("r", sock.send, sock.close, 50, False)
+    sub.finish_sync()
+    sub.push(msg(0)[1])
+    await asyncio.sleep(0.01)
+    sub.close_soon(1012, "broker connection lost")
+    sock.gate.set()
+    await asyncio.sleep(0.01)
+    assert sock.closed == (1012, "broker connection lost")
+    await sub.aclose()
+
+
 async def test_coalescing_joins_queued_frames_with_newlines() -> None:
     sock = FakeSocket(stalled=True)
     sub = Subscriber("r", sock.send, sock.close, 100, True)
