@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TypedDict
 
 from starlette.applications import Starlette
 from starlette.routing import Mount, Route, WebSocketRoute
@@ -15,37 +12,24 @@ from services import __version__
 from services.chat import endpoints
 from services.chat.service import ChatService
 from services.chat.settings import ChatConfig
-from services.common.observability import build_info, metrics_endpoint
+from services.common.lifecycle import build_app
+from services.common.observability import build_info
 
 PACKAGED_STATIC = Path(__file__).parent / "static"
-
-
-class State(TypedDict):
-    service: ChatService
 
 
 def create_app(config: ChatConfig, serve_metrics: bool | None = None) -> Starlette:
     service = ChatService(config)
     build_info(service.metrics.registry, "chat", __version__)
-
-    @asynccontextmanager
-    async def lifespan(_: Starlette) -> AsyncIterator[State]:
-        await service.start()
-        try:
-            yield {"service": service}
-        finally:
-            await service.stop()
-
-    routes: list[Route | WebSocketRoute | Mount] = [
-        WebSocketRoute("/ws", endpoints.chat_socket),
-        Route("/api/rooms/{room}/messages", endpoints.history_proxy),
-        Route("/healthz", endpoints.healthz),
-        Route("/readyz", endpoints.readyz),
-    ]
-    if serve_metrics if serve_metrics is not None else config.chat.metrics_port == 0:
-        routes.append(Route("/metrics", metrics_endpoint(service.metrics.registry)))
     static_dir = Path(config.chat.static_dir) if config.chat.static_dir else PACKAGED_STATIC
-    routes.append(Mount("/", app=StaticFiles(directory=static_dir, html=True), name="page"))
-    app = Starlette(routes=routes, lifespan=lifespan)
-    app.state.service = service
-    return app
+    return build_app(
+        service,
+        routes=[
+            WebSocketRoute("/ws", endpoints.chat_socket),
+            Route("/api/rooms/{room}/messages", endpoints.history_proxy),
+            Route("/healthz", endpoints.healthz),
+            Route("/readyz", endpoints.readyz),
+        ],
+        serve_metrics=config.chat.metrics_port == 0 if serve_metrics is None else serve_metrics,
+        last_routes=[Mount("/", app=StaticFiles(directory=static_dir, html=True), name="page")],
+    )
