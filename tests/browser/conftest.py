@@ -1,18 +1,17 @@
-"""Chromium (Debian's package) driven by Playwright, and the local topology shared by a module's tests."""
+"""Chromium (Debian's package) driven by Playwright, on the shared private node's local topology."""
 
 from __future__ import annotations
 
 import shutil
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import *  # noqa: F403  (private_rabbit, vhost_url, endpoints)
-from tests.e2e.conftest import REMOTE_CHAT_URLS, REMOTE_HISTORY_URL, Endpoints
-from tests.support.procs import LocalTopology
+from tests.e2e.conftest import *  # noqa: F403  (vhost_url, endpoints)
+from tests.e2e.conftest import Endpoints
 from tests.support.rabbit import PrivateRabbit
+from tests.support.shared_node import module_topology, revive, shared_private_rabbit
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 CHROMIUM_ARGS = [
@@ -35,38 +34,35 @@ def _chromium() -> str:
     return path
 
 
+@pytest.fixture(scope="session")
+def private_rabbit() -> Iterator[PrivateRabbit]:
+    with shared_private_rabbit() as node:
+        yield node
+
+
+@pytest.fixture(scope="module")
+def module_endpoints(private_rabbit: PrivateRabbit, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoints]:
+    with module_topology(private_rabbit, tmp_path_factory.mktemp("topology")) as endpoints:
+        yield endpoints
+
+
+@pytest.fixture
+def shared_endpoints(module_endpoints: Endpoints) -> Endpoints:
+    """The module's topology, with anything a previous test killed started again (each test uses its own room)."""
+    return revive(module_endpoints)
+
+
 @pytest.fixture
 async def browser() -> AsyncIterator[Browser]:
     executable = _chromium()
     async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
+        launched = await playwright.chromium.launch(
+            executable_path=executable, headless=True, args=CHROMIUM_ARGS
+        )
         try:
             yield launched
         finally:
             await launched.close()
-
-
-@pytest.fixture(scope="module")
-def shared_endpoints(private_rabbit: PrivateRabbit, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoints]:
-    """One topology for the tests of a module that kill nothing (each uses its own room)."""
-    if REMOTE_CHAT_URLS:
-        yield Endpoints(REMOTE_CHAT_URLS, REMOTE_HISTORY_URL)
-        return
-    vhost = f"b-{uuid.uuid4().hex[:10]}"
-    private_rabbit.ctl("add_vhost", vhost)
-    private_rabbit.ctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-    topology = LocalTopology(
-        f"amqp://guest:guest@127.0.0.1:{private_rabbit.port}/{vhost}", tmp_path_factory.mktemp("topology")
-    )
-    try:
-        topology.start()
-        yield Endpoints([chat.url for chat in topology.chats], topology.history.url, topology)
-    finally:
-        topology.stop()
-        try:
-            private_rabbit.ctl("delete_vhost", vhost)
-        except Exception:
-            pass
 
 
 @pytest.fixture

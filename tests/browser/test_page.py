@@ -1,4 +1,5 @@
-"""The chat page in Chromium against real replicas: both ways across replicas, history on reload, literal text."""
+"""The chat page in Chromium against real replicas: across replicas, history on reload, literal text, and a
+page behind a load balancer that survives its replica's SIGKILL and says so when history is down."""
 
 from __future__ import annotations
 
@@ -7,11 +8,14 @@ import re
 import uuid
 from pathlib import Path
 
+import httpx
 from playwright.async_api import Browser, Page, expect
 
 from tests.e2e.conftest import Endpoints
+from tests.support.client import ChatClient
+from tests.support.tcp_proxy import TcpProxy
 
-expect.set_options(timeout=15_000)
+expect.set_options(timeout=20_000)
 XSS = "<img src=x onerror=alert(1)>"
 DOCS_SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "screenshot.png"
 
@@ -70,7 +74,9 @@ async def test_two_pages_on_two_replicas_exchange_messages_both_ways(
         await bob.screenshot(path=str(DOCS_SCREENSHOT))
 
 
-async def test_reloaded_page_shows_the_history_once_in_order(browser: Browser, shared_endpoints: Endpoints) -> None:
+async def test_reloaded_page_shows_the_history_once_in_order(
+    browser: Browser, shared_endpoints: Endpoints
+) -> None:
     name = room()
     page = await open_page(browser, shared_endpoints.chat_urls[0], name, "carol")
     await expect(page.locator("#empty")).to_be_visible()
@@ -90,7 +96,9 @@ async def test_reloaded_page_shows_the_history_once_in_order(browser: Browser, s
     assert ids == sorted(ids) and len(set(ids)) == 3
 
 
-async def test_text_renders_literally_and_refusals_are_shown(browser: Browser, shared_endpoints: Endpoints) -> None:
+async def test_text_renders_literally_and_refusals_are_shown(
+    browser: Browser, shared_endpoints: Endpoints
+) -> None:
     dialogs: list[str] = []
     name = room()
     page = await open_page(browser, shared_endpoints.chat_urls[1], name, "<b>eve</b>")
@@ -109,3 +117,66 @@ async def test_text_renders_literally_and_refusals_are_shown(browser: Browser, s
     await expect(texts(page)).to_have_text([XSS])
     await expect(page.locator("#messages img")).to_have_count(0)
     assert dialogs == []
+
+
+async def test_page_fails_over_and_shows_messages_sent_meanwhile_once(
+    browser: Browser, shared_endpoints: Endpoints, tmp_path: Path, artifacts: Path
+) -> None:
+    """Last in the module: it kills a replica and the history service (the next test would get them back)."""
+    endpoints = shared_endpoints
+    topology = endpoints.local()
+    room = f"failover-{uuid.uuid4().hex[:8]}"
+    proxy = TcpProxy([chat.port for chat in topology.chats], tmp_path)
+    watcher = ChatClient(endpoints.ws_urls[:1], room, name="watcher")
+    sender: ChatClient | None = None
+    try:
+        proxy.start()
+        page = await browser.new_page(viewport={"width": 960, "height": 640})
+        await page.goto(f"{proxy.url}/?room={room}&name=frank")
+        await expect(page.locator("#state")).to_have_attribute("data-state", "live")
+        await watcher.connect(0)
+        await say(page, "before the crash")
+        await expect(texts(page)).to_have_text(["before the crash"])
+        await watcher.wait_for(lambda: len(watcher.unique) == 1)
+        # The replica that accepted the page's message is the one the page is connected to.
+        page_origin = next(iter(watcher.unique.values()))["origin"]
+        await watcher.close()
+        async with httpx.AsyncClient() as http:
+            origins = [(await http.get(f"{chat.url}/readyz")).json()["origin"] for chat in topology.chats]
+        victim = origins.index(page_origin)
+        survivor = 1 - victim
+
+        topology.chats[victim].kill()
+        await say(page, "typed while reconnecting")  # pending now, resent with its client_id after the resume
+        sender = ChatClient(endpoints.ws_urls, room, name="grace")
+        await sender.connect(survivor)
+        meanwhile = [f"meanwhile {i}" for i in range(3)]
+        for text in meanwhile:
+            await sender.send(text)
+        await sender.wait_for(lambda: len(sender.acks) == 3)
+
+        for text in ["before the crash", *meanwhile, "typed while reconnecting"]:
+            await expect(texts(page).filter(has_text=text)).to_have_count(1)
+        await expect(page.locator("#messages li.msg")).to_have_count(5)
+        await expect(page.locator("#pending li")).to_have_count(0)
+        await expect(page.locator("#state")).to_have_attribute("data-state", "live")
+        assert int(await page.locator("#state").get_attribute("data-connections") or 0) >= 2
+        ids = await page.locator("#messages li.msg").evaluate_all("items => items.map(i => i.dataset.id)")
+        assert ids == sorted(ids) and len(set(ids)) == 5
+        await sender.wait_for(lambda: any(m["text"] == "typed while reconnecting" for m in sender.messages))
+        assert [m["text"] for m in sender.messages].count("typed while reconnecting") == 1
+
+        # History down: the page says so, still shows the recent messages and stays live.
+        topology.history.kill()
+        await page.reload()
+        await expect(page.locator("#notice")).to_contain_text("History is unavailable")
+        await expect(page.locator("#state")).to_have_attribute("data-state", "live")
+        await say(page, "history is down, chat is not")
+        await expect(texts(page).filter(has_text="history is down, chat is not")).to_have_count(1)
+        await expect(page.locator("#pending li")).to_have_count(0)
+        await page.screenshot(path=str(artifacts / "page-history-unavailable.png"))
+    finally:
+        await watcher.close()
+        if sender is not None:
+            await sender.close()
+        proxy.stop()

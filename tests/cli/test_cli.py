@@ -66,7 +66,8 @@ def room() -> str:
     return f"cli-{uuid.uuid4().hex[:8]}"
 
 
-async def test_send_waits_for_the_ack_and_history_exports_what_was_sent(endpoints: Endpoints) -> None:
+async def test_send_waits_for_the_ack_and_history_exports_what_was_sent(shared_endpoints: Endpoints) -> None:
+    endpoints = shared_endpoints
     r = room()
     a, b = endpoints.chat_urls
     one = await cli("--url", a, "--name", "ada", "send", "--room", r, "hello from the CLI")
@@ -106,7 +107,8 @@ async def test_send_waits_for_the_ack_and_history_exports_what_was_sent(endpoint
     assert re.match(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ada: hello from the CLI$", human.out.splitlines()[0])
 
 
-async def test_history_pages_through_a_long_room_with_progress(endpoints: Endpoints) -> None:
+async def test_history_pages_through_a_long_room_with_progress(shared_endpoints: Endpoints) -> None:
+    endpoints = shared_endpoints
     r = room()
     sender = ChatClient(endpoints.ws_urls, r, name="bulk")
     await sender.connect(0)
@@ -132,7 +134,8 @@ async def test_history_pages_through_a_long_room_with_progress(endpoints: Endpoi
     assert [orjson.loads(line)["id"] for line in window.out.splitlines()] == ids[100:150]
 
 
-async def test_tail_follows_live_and_resumes_once_after_its_replica_is_killed(endpoints: Endpoints) -> None:
+async def test_tail_follows_live_and_resumes_once_after_its_replica_is_killed(shared_endpoints: Endpoints) -> None:
+    endpoints = shared_endpoints
     topology = endpoints.local()
     r = room()
     sender = ChatClient(endpoints.ws_urls, r, name="sam")
