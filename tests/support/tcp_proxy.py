@@ -1,8 +1,8 @@
-"""A tiny round-robin TCP load balancer for tests, standing in for the chart's Service in front of the replicas.
+"""A tiny round-robin TCP load balancer for tests, standing in for the chart's Service before the replicas.
 
 Each accepted connection goes to the next backend in turn; a backend that refuses is skipped, as a load
-balancer with health checks would skip a dead pod. Paths are untouched (layer 4), so the page it serves uses its
-own origin for the WebSocket and the API, as it does in a real deployment.
+balancer with health checks would skip a dead pod. Paths are untouched (layer 4), so the page it serves uses
+its own origin for the WebSocket and the API, as it does in a real deployment.
 
 Run as a process: ``python -m tests.support.tcp_proxy --port P --backend 127.0.0.1:A --backend 127.0.0.1:B``.
 It writes one line per connection to stdout: ``conn <n> -> <host:port>``. ``TcpProxy`` starts it in its own
@@ -49,7 +49,8 @@ class _Balancer:
         for step in range(len(self.backends)):
             host, port = self.backends[(start + step) % len(self.backends)]
             try:
-                backend_reader, backend_writer = await asyncio.wait_for(asyncio.open_connection(host, port), 2)
+                opened = asyncio.open_connection(host, port)
+                backend_reader, backend_writer = await asyncio.wait_for(opened, 2)
             except (OSError, TimeoutError):
                 continue
             print(f"conn {conn} -> {host}:{port}", flush=True)
