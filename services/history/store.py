@@ -62,10 +62,26 @@ class MessageStore:
         self._db = plyvel.DB(path, create_if_missing=True)
 
     def reopen(self) -> None:
-        """LevelDB keeps refusing writes after one failed (a sticky background error) until reopened."""
+        """LevelDB keeps refusing writes after one failed (a sticky background error) until reopened.
+
+        Reopening replays the write-ahead log into a new table, so it fails on a full disk, and a closed database
+        serves no reads either: reopen only once the log's size fits, and keep reading from the open one until then.
+        """
+        self._check_room()
         if not self._db.closed:
             self._db.close()
         self._db = plyvel.DB(self._path, create_if_missing=True)
+
+    def _check_room(self) -> None:
+        """Raise OSError (ENOSPC) unless the disk has room for the log's replay plus a margin."""
+        logs = sum(entry.stat().st_size for entry in os.scandir(self._path) if entry.name.endswith(".log"))
+        probe = os.path.join(self._path, "reopen.probe")
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.posix_fallocate(fd, 0, logs + (1 << 20))
+        finally:
+            os.close(fd)
+            os.unlink(probe)
 
     def close(self) -> None:
         self._db.close()
