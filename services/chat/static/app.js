@@ -136,7 +136,8 @@
     try {
       ws = new WebSocket(endpoint("ws", params));
     } catch (err) {
-      scheduleReconnect(`cannot connect: ${err.message}`);
+      console.error("durable-chat: cannot open the WebSocket", err);
+      scheduleReconnect("cannot connect");
       return;
     }
     chat.ws = ws;
@@ -481,6 +482,7 @@
     document.title = `#${room} · durable-chat`;
     ui.join.hidden = true;
     ui.chat.hidden = false;
+    document.body.classList.add("chat-open");
     ui.where.hidden = false;
     try {
       localStorage.setItem("durable-chat.name", name);
@@ -507,6 +509,7 @@
     setState("idle", "not connected");
     ui.chat.hidden = true;
     ui.where.hidden = true;
+    document.body.classList.remove("chat-open");
     ui.join.hidden = false;
     const url = new URL(window.location.href);
     url.searchParams.delete("room");
