@@ -133,6 +133,13 @@ async def test_history_pages_through_a_long_room_with_progress(shared_endpoints:
     assert window.rc == 0 and window.err == ""
     assert [orjson.loads(line)["id"] for line in window.out.splitlines()] == ids[100:150]
 
+    # History down: a failed page is retried, then the export stops with exit 3 and says where to resume.
+    topology = endpoints.local()
+    topology.history.kill()  # the next test of the module gets it back
+    down = await cli("--url", endpoints.chat_urls[0], "history", "--room", r, "--after", ids[9], "--retries", "1")
+    assert down.rc == 3 and down.out == ""
+    assert "history_unavailable" in down.err and f"resume with --after {ids[9]}" in down.err
+
 
 async def test_tail_follows_live_and_resumes_once_after_its_replica_restarts(shared_endpoints: Endpoints) -> None:
     endpoints = shared_endpoints
