@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 
 import httpx
@@ -11,6 +12,14 @@ from services.common.schema import ChatMessage, InvalidMessage, message_frame_fr
 
 Entry = tuple[ChatMessage, str]
 NDJSON = "application/x-ndjson"
+# What a bearer token can hold (RFC 6750 b64token; JWTs use a subset). Anything else is not forwarded: it could
+# not be a valid token, and a non-ASCII value makes httpx raise while building the request.
+_TOKEN_RE = re.compile(r"[A-Za-z0-9._~+/-]+=*")
+
+
+def _forwardable(authorization: str) -> bool:
+    scheme, _, token = authorization.partition(" ")
+    return scheme.lower() == "bearer" and _TOKEN_RE.fullmatch(token) is not None
 
 
 class HistoryUnavailable(Exception):
@@ -50,6 +59,7 @@ class HistoryClient:
 
     async def proxy(self, room: str, params: list[tuple[str, str]], headers: dict[str, str]) -> httpx.Response:
         """Open a streamed request for the public read API; the caller closes the response."""
+        headers = {k: v for k, v in headers.items() if k.lower() != "authorization" or _forwardable(v)}
         request = self._http.build_request("GET", f"/rooms/{room}/messages", params=tuple(params), headers=headers)
         try:
             return await self._http.send(request, stream=True)
@@ -58,7 +68,7 @@ class HistoryClient:
 
     async def _page(self, room: str, params: dict[str, str], token: str | None) -> AsyncIterator[Entry]:
         headers = {"Accept": NDJSON}
-        if token:
+        if token and _forwardable(f"Bearer {token}"):
             headers["Authorization"] = f"Bearer {token}"
         try:
             async with self._http.stream("GET", f"/rooms/{room}/messages", params=params, headers=headers) as resp:
