@@ -6,6 +6,14 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+# Label values known in advance are created at start, so a healthy system exports zeros, not missing series.
+PUBLISH_FAILURE_REASONS = ("timeout", "nack", "returned", "disconnected")
+ERROR_CODES = (
+    "bad_json", "bad_frame", "empty_text", "too_large", "bad_text", "binary_unsupported", "rate_limited",
+    "publish_failed", "history_unavailable", "bad_room", "bad_after", "unauthorized",
+)
+CLOSE_CODES = ("1008", "1012", "1013")
+HISTORY_FETCH_RESULTS = ("ok", "unavailable")
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -32,7 +40,7 @@ class ChatMetrics:
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> ChatMetrics:
         r = registry or CollectorRegistry()
-        return cls(
+        metrics = cls(
             registry=r,
             published=Counter(
                 "durable_chat_messages_published_total", "Client messages confirmed by the broker.", registry=r
@@ -91,3 +99,12 @@ class ChatMetrics:
                 registry=r,
             ),
         )
+        for reason in PUBLISH_FAILURE_REASONS:
+            metrics.publish_failures.labels(reason=reason)
+        for code in ERROR_CODES:
+            metrics.errors.labels(code=code)
+        for close_code in CLOSE_CODES:
+            metrics.disconnects.labels(code=close_code)
+        for result in HISTORY_FETCH_RESULTS:
+            metrics.history_fetches.labels(result=result)
+        return metrics

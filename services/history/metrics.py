@@ -28,7 +28,7 @@ class HistoryMetrics:
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> HistoryMetrics:
         r = registry or CollectorRegistry()
-        return cls(
+        metrics = cls(
             registry=r,
             stored=Counter("durable_chat_messages_stored_total", "Messages written to LevelDB.", registry=r),
             duplicates=Counter(
@@ -72,3 +72,6 @@ class HistoryMetrics:
                 "durable_chat_history_messages_served_total", "Messages streamed by the history API.", registry=r
             ),
         )
+        for key in ("id", "client_id"):
+            metrics.duplicates.labels(key=key)  # a healthy system exports zeros, not missing series
+        return metrics
