@@ -1,0 +1,140 @@
+"""The one invariant every fault test ends with, and the figures each one reports.
+
+Every acknowledged message is stored exactly once in history; every client that stayed or came back ends with
+every message of its room exactly once, in one consistent order (sorted by id).
+
+A message is identified by its idempotency key ``(author, client_id)``: a sender whose confirmed publish lost
+its ack (replica killed, broker gone) resends the key, possibly through another replica, which mints a new id.
+The history service keeps the first id of a key and drops the second (contract section 4), and the page shows one
+message per key; so a client's view is its messages deduplicated by key, and it must hold, for every key, the
+id history stored. The same id delivered twice to one client is counted as a duplicate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from tests.e2e.chaos.load import ChaosLoad, ResilientClient
+from tests.support.history import fetch_all
+
+Key = tuple[str, str]
+REPORT: list[str] = []  # one summary line per fault test, printed at the end of the session
+
+
+@dataclass
+class Figures:
+    fault: str
+    sent: int = 0
+    acked: int = 0
+    stored: int = 0
+    lost: int = 0
+    duplicated: int = 0
+    publish_failed: int = 0
+    resends: int = 0
+    reconnects: int = 0
+    acked_id_replaced: int = 0
+    clients_checked: int = 0
+    client_problems: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        return (
+            f"{self.fault}: sent={self.sent} acked={self.acked} stored={self.stored} lost={self.lost} "
+            f"duplicated={self.duplicated} | publish_failed={self.publish_failed} resends={self.resends} "
+            f"reconnects={self.reconnects} ack_id_superseded={self.acked_id_replaced} "
+            f"clients_checked={self.clients_checked}"
+        )
+
+
+def _key(message: dict[str, Any]) -> Key:
+    return (message.get("author") or "", message.get("client_id") or message["id"])
+
+
+def _client_view(client: ResilientClient, stored_by_key: dict[Key, str]) -> tuple[dict[Key, str], list[str]]:
+    """The client's messages deduplicated by key (as the page shows them), preferring the stored id."""
+    view: dict[Key, str] = {}
+    problems: list[str] = []
+    for message in client.unique.values():
+        key = _key(message)
+        if key in view and view[key] != message["id"]:
+            if stored_by_key.get(key) == message["id"]:
+                view[key] = message["id"]
+            continue
+        view[key] = message["id"]
+    return view, problems
+
+
+async def settle(load: ChaosLoad, history_url: str, timeout: float = 90) -> list[dict[str, Any]]:
+    """Wait until history holds every acknowledged key and every client every stored message; return history."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    acked = load.acked
+    stored: list[dict[str, Any]] = []
+    while loop.time() < deadline:
+        try:
+            stored = await fetch_all(history_url, load.room)
+        except Exception:
+            stored = []
+        keys = {_key(m) for m in stored}
+        if keys >= set(acked):
+            break
+        await asyncio.sleep(0.3)
+    stored_ids = {m["id"] for m in stored}
+    for client in load.clients:
+        remaining = max(1.0, deadline - loop.time())
+        try:
+            await client.wait_for(lambda c=client: stored_ids <= set(c.unique) and c.connected, timeout=remaining)
+        except TimeoutError:
+            pass  # reported by check()
+    # Late duplicates, if any, would arrive now.
+    await asyncio.sleep(0.5)
+    return await fetch_all(history_url, load.room)
+
+
+def check(fault: str, load: ChaosLoad, stored: list[dict[str, Any]]) -> Figures:
+    """Compute the figures, record the summary line, and assert the invariant."""
+    acked = load.acked
+    ids = [m["id"] for m in stored]
+    keys = [_key(m) for m in stored]
+    stored_by_key = {_key(m): m["id"] for m in stored}
+    figures = Figures(
+        fault=fault,
+        sent=load.sent,
+        acked=len(acked),
+        stored=len(stored),
+        lost=len(set(acked) - set(stored_by_key)),
+        duplicated=(len(ids) - len(set(ids))) + (len(keys) - len(set(keys))),
+        publish_failed=load.outcomes["publish_failed"],
+        resends=load.attempts - load.sent,
+        reconnects=load.reconnects,
+        acked_id_replaced=sum(1 for k, i in acked.items() if k in stored_by_key and stored_by_key[k] != i),
+    )
+    assert ids == sorted(ids), "history must answer in ascending id order"
+    for client in load.clients:
+        figures.clients_checked += 1
+        view, problems = _client_view(client, stored_by_key)
+        missing = set(stored_by_key) - set(view)
+        extra = set(view) - set(stored_by_key)
+        inconsistent = [k for k in stored_by_key if k in view and view[k] != stored_by_key[k]]
+        repeated = Counter(client.duplicates)
+        if missing:
+            problems.append(f"{len(missing)} stored messages missing")
+        if extra:
+            problems.append(f"{len(extra)} messages seen but never stored: {sorted(extra)[:3]}")
+        if inconsistent:
+            problems.append(f"{len(inconsistent)} keys held under another id than history's")
+        if repeated:
+            problems.append(f"{sum(repeated.values())} ids delivered twice: {list(repeated)[:3]}")
+        if problems:
+            figures.client_problems.append(
+                f"{client.name} (connections={client.connections}, closes={client.close_codes}): {'; '.join(problems)}"
+            )
+    REPORT.append(figures.line())
+    print(f"\n[chaos] {figures.line()}")
+    assert figures.lost == 0, f"{figures.lost} acknowledged messages not stored: {figures.line()}"
+    assert figures.duplicated == 0, f"{figures.duplicated} duplicates in history: {figures.line()}"
+    assert figures.acked > 0
+    assert not figures.client_problems, "\n".join(figures.client_problems)
+    return figures
