@@ -122,6 +122,14 @@ class ChatRelay:
         except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
             log.warning("publish failed", error=repr(exc)[:200])
             raise self._failed("disconnected") from None
+        except asyncio.CancelledError:
+            # aiormq hands the reader task's CancelledError to pending confirms when it tears a dead connection
+            # down (missed heartbeats). Unless this task itself is being cancelled, that is a lost connection.
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            log.warning("publish failed: connection torn down while waiting for the confirm")
+            raise self._failed("disconnected") from None
         if not isinstance(confirmation, spec.Basic.Ack):
             raise self._failed("returned")
         self._metrics.confirm_seconds.observe(time.perf_counter() - started)
