@@ -88,6 +88,15 @@ class ResilientClient(ChatClient):
                 await self.close()
                 await asyncio.sleep(min(1.0, 0.1 * (attempt + 1)))
 
+    async def rehome(self, timeout: float = 30) -> None:
+        """Close the connection so that the keeper resumes on the home replica (the first it tries)."""
+        if self.replica == self.home % len(self.urls):
+            return
+        connections = self.connections
+        with contextlib.suppress(Exception):
+            await self.ws.close()
+        await self.wait_for(lambda: self.connections > connections and self.online.is_set(), timeout)
+
     async def shutdown(self) -> None:
         self._closing = True
         if self._keeper is not None:

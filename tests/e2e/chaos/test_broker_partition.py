@@ -32,6 +32,7 @@ async def partitioned(make_topology: MakeTopology, vhost_url: str, cuts: int, ou
         await load.wait_acked(100)
         for _ in range(cuts):
             homed = [c for c in load.clients if c.replica == 0]
+            assert homed
             closes_before = {c.name: c.close_codes.count(1012) for c in homed}
             proxy.pause()
             detected = await wait_status(cut_off.url, 503, timeout=20)
@@ -44,6 +45,8 @@ async def partitioned(make_topology: MakeTopology, vhost_url: str, cuts: int, ou
             proxy.resume()
             await wait_status(cut_off.url, 200, timeout=30)
             print(f"\n[chaos] partition detected after {detected:.1f} s")
+            for client in load.clients:  # back home, so that the next cut hits them too
+                await client.rehome()
             acked = len(load.acked)
             await load.wait_acked(acked + 50)
         await load.stop_sending()

@@ -28,15 +28,15 @@ from tests.support.rabbit import PrivateRabbit
 def fill(directory: Path) -> Path:
     """Write a file until the filesystem is full; return it."""
     filler = directory / "filler"
-    chunk = b"\0" * 65536
     with filler.open("wb", buffering=0) as out:
-        while True:
-            try:
-                out.write(chunk)
-            except OSError as exc:
-                if exc.errno != errno.ENOSPC:
-                    raise
-                break
+        for size in (65536, 4096, 256, 1):  # to the last byte, so the very next LevelDB append fails
+            while True:
+                try:
+                    out.write(b"\0" * size)
+                except OSError as exc:
+                    if exc.errno != errno.ENOSPC:
+                        raise
+                    break
     return filler
 
 

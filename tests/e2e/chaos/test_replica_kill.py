@@ -21,7 +21,8 @@ async def replica_killed(make_topology: MakeTopology, cycles: int, fault: str) -
         for cycle in range(cycles):
             victim = topology.chats[cycle % 2]
             survivor = topology.chats[(cycle + 1) % 2]
-            homed = [c for c in load.clients if c.home % 2 == cycle % 2]
+            homed = [c for c in load.clients if c.replica == cycle % 2]
+            assert homed
             before = {c.name: c.connections for c in homed}
             victim.kill()
             # Its clients come back on the survivor, resuming with their cursor, while the load goes on.
