@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=0, help="alternated repetitions (default 3, quick 1)")
     parser.add_argument("--shared-broker", action="store_true", help="vhosts on the machine's node, not a private one")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)  # stop cleanly: the finally blocks kill what was started
     names = args.names or NAMES
     unknown = [n for n in names if n not in NAMES]
     if unknown:
@@ -67,6 +69,10 @@ def main(argv: list[str] | None = None) -> int:
         log(f"failed: {' '.join(failed)} (logs in {logs})")
         return 1
     return 0
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ def _spec(
         "mode": "fanout",
         "urls": urls,
         "clients": n,
-        "senders": 8,
+        "senders": 16,
         "rate": rate,
         "room": "fanout",
         "coalesce": coalesce,
@@ -33,7 +33,7 @@ def _spec(
 
 def run(ctx: Any) -> Report:
     per_replica = 50 if ctx.quick else 100
-    rates = [100] if ctx.quick else [100, 250]
+    rates = [100] if ctx.quick else [100, 250, 500]
     n = 2 * per_replica
     wd = workdir("fanout")
     amqp = ctx.broker.vhost("fanout")
@@ -46,7 +46,7 @@ def run(ctx: Any) -> Report:
         "replicas": 2,
         "clients": n,
         "rates": rates,
-        "senders": 8,
+        "senders": 16,
         "repeats": ctx.repeats,
         "frame": "one JSON object per frame unless coalesce=1",
     }
@@ -104,12 +104,27 @@ def run(ctx: Any) -> Report:
                 srv = median([r["cpu_us_per_delivery"]["replicas"] for r in d])
                 allin = median([sum(r["cpu_us_per_delivery"].values()) for r in d])
                 bsrv = median([r["cpu_us_per_delivery"]["server"] for r in b])
-                report.rows.append(Row(f"{tag} CPU/delivery, replicas", srv, bsrv, "us", higher_is_better=False))
+                report.rows.append(
+                    Row(
+                        f"{tag} CPU/delivery, replicas",
+                        srv,
+                        bsrv,
+                        "us",
+                        ">= 0.8x capacity",
+                        bsrv >= 0.8 * srv,
+                        higher_is_better=False,
+                    )
+                )
                 report.rows.append(
                     Row(f"{tag} CPU/delivery, all incl. broker", allin, bsrv, "us", higher_is_better=False)
                 )
         report.notes.append("ratio for latency and CPU rows is baseline/figure (higher is better everywhere)")
         report.notes.append("medians of alternated repetitions; the load generator shares the 2 cores")
+        report.notes.append(
+            "capacity = deliveries per server CPU-second (1/CPU per delivery): what decides deliveries/s at "
+            "saturation; measured deliveries/s above ~100 msg/s are capped by whichever process the 2 shared "
+            "cores starve (often the load generator), so both are given"
+        )
         return report
     finally:
         bare.kill()
