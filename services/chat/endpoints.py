@@ -192,12 +192,12 @@ async def history_proxy(request: Request) -> Response:
         except Unauthorized as exc:
             return error_response(401, "unauthorized", str(exc))
     room = request.path_params["room"]
+    if not valid_room(room):
+        return error_response(400, "bad_room", "room must match [A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
     params = [(key, value) for key, value in request.query_params.multi_items() if key != "token"]
-    headers = {"Accept": request.headers.get("accept", "application/json")}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
+    ndjson = "application/x-ndjson" in request.headers.get("accept", "")
     try:
-        upstream = await service.history.proxy(room, params, headers)
+        upstream = await service.history.proxy(room, params, ndjson, token)
     except HistoryUnavailable:
         return error_response(503, "history_unavailable", "the history service is unavailable")
     return StreamingResponse(

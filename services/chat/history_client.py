@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import AsyncIterator
 
 import httpx
@@ -12,14 +11,6 @@ from services.common.schema import ChatMessage, InvalidMessage, message_frame_fr
 
 Entry = tuple[ChatMessage, str]
 NDJSON = "application/x-ndjson"
-# What a bearer token can hold (RFC 6750 b64token; JWTs use a subset). Anything else is not forwarded: it could
-# not be a valid token, and a non-ASCII value makes httpx raise while building the request.
-_TOKEN_RE = re.compile(r"[A-Za-z0-9._~+/-]+=*")
-
-
-def _forwardable(authorization: str) -> bool:
-    scheme, _, token = authorization.partition(" ")
-    return scheme.lower() == "bearer" and _TOKEN_RE.fullmatch(token) is not None
 
 
 class HistoryUnavailable(Exception):
@@ -57,9 +48,9 @@ class HistoryClient:
             if count < self._page_size:
                 return
 
-    async def proxy(self, room: str, params: list[tuple[str, str]], headers: dict[str, str]) -> httpx.Response:
+    async def proxy(self, room: str, params: list[tuple[str, str]], ndjson: bool, token: str | None) -> httpx.Response:
         """Open a streamed request for the public read API; the caller closes the response."""
-        headers = {k: v for k, v in headers.items() if k.lower() != "authorization" or _forwardable(v)}
+        headers = _headers(NDJSON if ndjson else "application/json", token)
         request = self._http.build_request("GET", f"/rooms/{room}/messages", params=tuple(params), headers=headers)
         try:
             return await self._http.send(request, stream=True)
@@ -67,9 +58,7 @@ class HistoryClient:
             raise HistoryUnavailable(repr(exc)) from None
 
     async def _page(self, room: str, params: dict[str, str], token: str | None) -> AsyncIterator[Entry]:
-        headers = {"Accept": NDJSON}
-        if token and _forwardable(f"Bearer {token}"):
-            headers["Authorization"] = f"Bearer {token}"
+        headers = _headers(NDJSON, token)
         try:
             async with self._http.stream("GET", f"/rooms/{room}/messages", params=params, headers=headers) as resp:
                 if resp.status_code != 200:
@@ -80,3 +69,11 @@ class HistoryClient:
                         yield ChatMessage.from_wire(wire), message_frame_from_wire(wire)
         except (httpx.HTTPError, InvalidMessage, orjson.JSONDecodeError) as exc:
             raise HistoryUnavailable(repr(exc)[:300]) from None
+
+
+def _headers(accept: str, token: str | None) -> dict[str, str]:
+    # `token` comes from bearer_token(), which only returns strings that can be bearer tokens.
+    headers = {"Accept": accept}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    return headers

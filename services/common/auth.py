@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import jwt
 
 
@@ -35,8 +37,18 @@ class TokenVerifier:
         return subject
 
 
+# What a bearer token can hold (RFC 6750 b64token; JWTs use a subset).
+_TOKEN_RE = re.compile(r"[A-Za-z0-9._~+/-]+=*")
+
+
 def bearer_token(authorization: str | None, query_token: str | None) -> str | None:
-    """Browsers cannot set headers on a WebSocket, so a `token` query parameter is accepted too."""
+    """The request's token, or None when there is none or it cannot be a bearer token (so it is never forwarded).
+
+    Browsers cannot set headers on a WebSocket, so a `token` query parameter is accepted too.
+    """
+    token = query_token
     if authorization and authorization.lower().startswith("bearer "):
-        return authorization[7:].strip()
-    return query_token
+        token = authorization[7:].strip()
+    if token is None or _TOKEN_RE.fullmatch(token) is None:
+        return None
+    return token

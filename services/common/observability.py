@@ -13,6 +13,17 @@ from starlette.responses import Response
 from services.common.settings import LogSettings
 
 
+class _OneLineClientErrors(logging.Filter):
+    """uvicorn logs a client's invalid UTF-8 with a full traceback; a hostile client could flood the logs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage().startswith("Invalid UTF-8 sequence"):
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
 def configure_logging(settings: LogSettings, service: str) -> None:
     """Route structlog and the stdlib (uvicorn, aio-pika) through one renderer."""
     shared: list[structlog.types.Processor] = [
@@ -48,6 +59,7 @@ def configure_logging(settings: LogSettings, service: str) -> None:
     logging.getLogger("aiormq").setLevel(max(logging.WARNING, root.level))
     logging.getLogger("aio_pika").setLevel(max(logging.WARNING, root.level))
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    logging.getLogger("uvicorn.error").addFilter(_OneLineClientErrors())
     structlog.contextvars.bind_contextvars(service=service)
 
 

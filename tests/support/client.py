@@ -121,7 +121,8 @@ class ChatClient:
     async def _read(self, ws: ClientConnection) -> None:
         try:
             async for raw in ws:
-                for line in (raw.splitlines() if isinstance(raw, str) else [raw]):
+                # Coalesced frames are separated by "\n" only (str.splitlines would also split on U+2028).
+                for line in (raw.split("\n") if isinstance(raw, str) else [raw]):
                     self._on_frame(orjson.loads(line))
         except websockets.exceptions.ConnectionClosed:
             pass
