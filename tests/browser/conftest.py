@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.conftest import *  # noqa: F403  (vhost_url, endpoints)
-from tests.e2e.conftest import Endpoints
-from tests.support.rabbit import PrivateRabbit
-from tests.support.shared_node import module_topology, revive, shared_private_rabbit
+from tests.support.shared_fixtures import module_endpoints, private_rabbit, shared_endpoints  # noqa: F401
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 CHROMIUM_ARGS = [
@@ -32,24 +30,6 @@ def _chromium() -> str:
     if path is None:
         pytest.skip("Debian's chromium is not installed (run scripts/install-browser-tools.sh)")
     return path
-
-
-@pytest.fixture(scope="session")
-def private_rabbit() -> Iterator[PrivateRabbit]:
-    with shared_private_rabbit() as node:
-        yield node
-
-
-@pytest.fixture(scope="module")
-def module_endpoints(private_rabbit: PrivateRabbit, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoints]:
-    with module_topology(private_rabbit, tmp_path_factory.mktemp("topology")) as endpoints:
-        yield endpoints
-
-
-@pytest.fixture
-def shared_endpoints(module_endpoints: Endpoints) -> Endpoints:
-    """The module's topology, with anything a previous test killed started again (each test uses its own room)."""
-    return revive(module_endpoints)
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.procs import LocalTopology
-from tests.support.rabbit import PrivateRabbit
+from tests.support.rabbit import PrivateRabbit, running_private_rabbit
 
 REMOTE_CHAT_URLS = [u for u in os.environ.get("DURABLE_CHAT_E2E_CHAT_URLS", "").split(",") if u]
 REMOTE_HISTORY_URL = os.environ.get("DURABLE_CHAT_E2E_HISTORY_URL", "")
@@ -40,12 +40,8 @@ class Endpoints:
 
 @pytest.fixture(scope="session")
 def private_rabbit() -> Iterator[PrivateRabbit]:
-    node = PrivateRabbit()
-    try:
-        node.start()
+    with running_private_rabbit() as node:
         yield node
-    finally:
-        node.destroy()
 
 
 @pytest.fixture

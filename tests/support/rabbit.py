@@ -6,6 +6,7 @@ cookie (HOME), and stop it with `rabbitmqctl -n <node>`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -13,6 +14,7 @@ import subprocess
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 from tests.support.ports import free_port, port_open
@@ -53,6 +55,17 @@ class SharedVhost:
     def ctl(self, *args: str) -> str:
         result = subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, text=True, timeout=60)
         return result.stdout
+
+
+@contextlib.contextmanager
+def running_private_rabbit(plugins: tuple[str, ...] = ()) -> Iterator[PrivateRabbit]:
+    """A started private node, destroyed (stopped, files removed) on exit."""
+    node = PrivateRabbit(plugins)
+    try:
+        node.start()
+        yield node
+    finally:
+        node.destroy()
 
 
 class PrivateRabbit:

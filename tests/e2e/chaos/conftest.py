@@ -15,7 +15,7 @@ import pytest
 from tests.e2e.chaos.invariant import REPORT
 from tests.e2e.conftest import REMOTE_CHAT_URLS
 from tests.support.procs import LocalTopology
-from tests.support.rabbit import PrivateRabbit
+from tests.support.rabbit import PrivateRabbit, running_private_rabbit
 
 MakeTopology = Callable[..., LocalTopology]
 
@@ -50,12 +50,8 @@ def make_topology(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ma
 @pytest.fixture
 def dedicated_rabbit() -> Iterator[PrivateRabbit]:
     """A node for this test alone, so stopping it does not disturb the session's node."""
-    node = PrivateRabbit()
-    try:
-        node.start()
+    with running_private_rabbit() as node:
         yield node
-    finally:
-        node.destroy()
 
 
 def add_vhost(node: PrivateRabbit) -> str:
