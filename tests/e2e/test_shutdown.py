@@ -5,10 +5,10 @@ from __future__ import annotations
 import signal
 
 from tests.e2e.conftest import Endpoints
-from tests.support.procs import ServiceProcess
 from tests.support.client import ChatClient
 from tests.support.history import wait_stored
 from tests.support.load import Senders
+from tests.support.procs import ServiceProcess
 
 
 def stopped_cleanly(process: ServiceProcess) -> bool:
