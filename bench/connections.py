@@ -2,7 +2,8 @@
 to reconnect with `after=` and recover a 100-message gap.
 
 Memory: RSS of the replica process after the connections are open and idle, minus RSS before, divided by the
-number of connections (50 connections are opened and closed first to warm allocators). Baseline, same run, same
+number of connections (50 connections are opened and closed first to warm allocators), in a freshly started
+process for each measurement. Baseline, same run, same
 client: the bare `websockets` server.
 Reconnect: 1,000 clients connect (2 replicas), take their per-origin cursor, disconnect; 100 messages are sent
 and stored; then all 1,000 reconnect at once with `after=<cursor>`. Figure: time until every client has its
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.common import Helper, Report, Row, free_port, log, median, run_loadgen, topology, workdir
+from bench.common import Helper, Report, Row, ServiceProcess, free_port, log, median, run_loadgen, topology, workdir
 
 KIB = 1024
 
@@ -40,19 +41,33 @@ def run(ctx: Any) -> Report:
         for rep in range(ctx.repeats):
             order = ["bare", "durable-chat"] if rep % 2 == 0 else ["durable-chat", "bare"]
             for name in order:
-                url, pid = (bare_url, bare.pid) if name == "bare" else (topo.chats[0].ws_url, topo.chats[0].pid)
-                res = run_loadgen(
-                    {
-                        "mode": "connect_idle",
-                        "url": url,
-                        "clients": idle_n,
-                        "server_pid": pid,
-                        "room": f"idle{rep}",
-                        "settle": 2.0,
-                    },
-                    ctx.logs / "loadgen.log",
-                    300,
-                )
+                # A fresh server process per measurement: freed memory stays in a process's allocator, so a
+                # second batch of connections in the same process would reuse it and look free.
+                port = free_port()
+                if name == "bare":
+                    fresh: Any = Helper(["-m", "bench.bare_server", str(port)], ctx.logs / "bare-idle.log").start()
+                    fresh.wait_port(port)
+                    url = f"ws://127.0.0.1:{port}/ws"
+                else:
+                    env = {**topo.chats[0].env, "CHAT_PORT": str(port)}
+                    fresh = ServiceProcess("chat", env, port, ctx.logs / "chat-idle.log")
+                    fresh.start()
+                    url = fresh.ws_url
+                try:
+                    res = run_loadgen(
+                        {
+                            "mode": "connect_idle",
+                            "url": url,
+                            "clients": idle_n,
+                            "server_pid": fresh.pid,
+                            "room": f"idle{rep}",
+                            "settle": 2.0,
+                        },
+                        ctx.logs / "loadgen.log",
+                        300,
+                    )
+                finally:
+                    fresh.kill()
                 res.update(system=name, rep=rep, kind="idle")
                 log(
                     f"idle {name} rep={rep + 1}: {res['bytes_per_connection'] / KIB:.1f} KiB/connection, "

@@ -19,8 +19,8 @@ def main() -> None:
         data = json.loads(path.read_text())
         for row in data["results"]:
             met = "" if row["met"] is None else ("yes" if row["met"] else "**no**")
-            base = "" if row["baseline"] is None else _fmt(row["baseline"])
-            ratio = "" if row["ratio"] is None else f"{row['ratio']:.2f}"
+            base = "" if row["baseline"] is None or row["baseline"] != row["baseline"] else _fmt(row["baseline"])
+            ratio = "" if row["ratio"] is None or row["ratio"] != row["ratio"] else f"{row['ratio']:.2f}"
             figure = _fmt(row["figure"]) if row["figure"] is not None else "n/a"
             print(
                 f"| {index} | {row['name']} | {figure} | {base} | {ratio} | {row['unit']} | {row['target']} | {met} |"
