@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
@@ -32,4 +33,5 @@ def create_app(config: ChatConfig, serve_metrics: bool | None = None) -> Starlet
         ],
         serve_metrics=config.chat.metrics_port == 0 if serve_metrics is None else serve_metrics,
         last_routes=[Mount("/", app=StaticFiles(directory=static_dir, html=True), name="page")],
+        middleware=[Middleware(endpoints.RawSendMiddleware)],
     )
