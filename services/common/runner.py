@@ -35,6 +35,7 @@ def serve(
         app,
         host=host,
         port=port,
+        loop="uvloop",  # explicit: the benchmarks assume it, and an extras change must not drop it silently
         ws="websockets-sansio",
         ws_max_size=65536,
         ws_per_message_deflate=False,
