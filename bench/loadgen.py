@@ -92,6 +92,12 @@ def _default_line(client: _Client, line: bytes) -> dict[str, Any] | None:
     return None
 
 
+def _close_all(clients: list[_Client]) -> None:
+    for c in clients:
+        assert c.ws is not None
+        c.ws.close()
+
+
 async def _connect_all(
     urls: list[str],
     n: int,
@@ -171,9 +177,7 @@ async def fanout(spec: Spec) -> dict[str, Any]:
     await asyncio.sleep(1.0)
     closed = sum(1 for c in clients if c.ws is not None and c.ws.closed.done())
     errors = sum(c.errors for c in clients)
-    for c in clients:
-        assert c.ws is not None
-        c.ws.close()
+    _close_all(clients)
     cpu = {k: cpu1[k] - cpu0[k] for k in cpu0}
     deliveries = window["count"]
     result = {
@@ -249,9 +253,7 @@ async def publish(spec: Spec) -> dict[str, Any]:
     running["on"] = False
     await asyncio.sleep(1.0)
     errors = sum(c.errors for c in clients)
-    for c in clients:
-        assert c.ws is not None
-        c.ws.close()
+    _close_all(clients)
     acks = window["acks"]
     return {
         "acked": acks,
@@ -390,9 +392,7 @@ async def connect_idle(spec: Spec) -> dict[str, Any]:
     _check_local(url)
     query = {"room": spec["room"]}
     warm = await _connect_all([url], min(50, n), query, _default_line)
-    for c in warm:
-        assert c.ws is not None
-        c.ws.close()
+    _close_all(warm)
     await asyncio.sleep(spec.get("settle", 2.0))
     rss0 = rss_bytes(pid)
     t0 = time.monotonic()
@@ -401,9 +401,7 @@ async def connect_idle(spec: Spec) -> dict[str, Any]:
     await asyncio.sleep(spec.get("settle", 2.0))
     rss1 = rss_bytes(pid)
     open_now = sum(1 for c in clients if c.ws is not None and not c.ws.closed.done())
-    for c in clients:
-        assert c.ws is not None
-        c.ws.close()
+    _close_all(clients)
     await asyncio.sleep(0.5)
     return {
         "clients": n,
@@ -461,9 +459,7 @@ async def reconnect(spec: Spec) -> dict[str, Any]:
     await _send_and_wait(urls[0], room, 1, "seed")
     clients = await _connect_all(urls, n, {"room": room}, _default_line)
     cursors = [c.cursor() for c in clients]
-    for c in clients:
-        assert c.ws is not None
-        c.ws.close()
+    _close_all(clients)
     await asyncio.sleep(0.5)
     acked = await _send_and_wait(urls[0], room, gap, "gap")
     if spec.get("history_url"):
@@ -473,9 +469,7 @@ async def reconnect(spec: Spec) -> dict[str, Any]:
     total = time.monotonic() - t0
     per_client = [(c.synced.result() - t0) * 1000 for c in clients]
     recovered = [c.before_sync for c in clients]
-    for c in clients:
-        assert c.ws is not None
-        c.ws.close()
+    _close_all(clients)
     await asyncio.sleep(0.5)
     return {
         "clients": n,

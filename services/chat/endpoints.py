@@ -112,7 +112,7 @@ async def _serve(websocket: WebSocket, service: ChatService) -> None:
         return
     settings = service.settings
     subscriber = Subscriber(
-        session.room, _text_sender(websocket), _closer(websocket), settings.send_buffer_frames, session.coalesce
+        session.room, _text_sender(websocket), websocket.close, settings.send_buffer_frames, session.coalesce
     )
     service.hub.subscribe(subscriber)
     service.metrics.clients.inc()
@@ -206,13 +206,6 @@ def _text_sender(websocket: WebSocket) -> Callable[[str], Awaitable[None]]:
         await raw_send({"type": "websocket.send", "text": text})
 
     return send_text
-
-
-def _closer(websocket: WebSocket):  # type: ignore[no-untyped-def]
-    async def close(code: int, reason: str) -> None:
-        await websocket.close(code, reason)
-
-    return close
 
 
 async def history_proxy(request: Request) -> Response:

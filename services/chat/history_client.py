@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator
 import httpx
 import orjson
 
+from services.chat.hub import Entry
 from services.common.schema import ChatMessage, InvalidMessage, message_frame_from_wire
 
-Entry = tuple[ChatMessage, str]
 NDJSON = "application/x-ndjson"
 
 

@@ -23,6 +23,7 @@ log = structlog.get_logger(__name__)
 CLOSE_SLOW_CONSUMER = 1013
 SendText = Callable[[str], Awaitable[None]]
 Close = Callable[[int, str], Awaitable[None]]
+Entry = tuple[ChatMessage, str]  # a message and its client frame, encoded once per replica
 
 
 class Subscriber:
@@ -38,7 +39,7 @@ class Subscriber:
         self._wakeup = asyncio.Event()
         self._space = asyncio.Event()
         self._space.set()
-        self.pending: list[tuple[ChatMessage, str]] | None = []  # None once synced
+        self.pending: list[Entry] | None = []  # None once synced
         # Ids the backlog already sent that may still arrive live: history can store a message before this
         # replica's queue delivers it. Dropped when they show up, forgotten after the recovery window.
         self._already_sent: set[str] | None = None
@@ -85,7 +86,7 @@ class Subscriber:
             await self._space.wait()
         self.push(frame)
 
-    def finish_sync(self, already_sent: set[str] | None = None, window_s: float = 0.0) -> list[tuple[ChatMessage, str]]:
+    def finish_sync(self, already_sent: set[str] | None = None, window_s: float = 0.0) -> list[Entry]:
         """Leave buffering mode; return the held-back live messages. Later repeats of ``already_sent`` are dropped."""
         pending, self.pending = self.pending or [], None
         if already_sent:
@@ -170,7 +171,7 @@ class Hub:
             if not members:
                 del self._rooms[subscriber.room]
 
-    def dispatch(self, items: Iterable[tuple[ChatMessage, str]]) -> int:
+    def dispatch(self, items: Iterable[Entry]) -> int:
         """Queue each (message, encoded frame) to its room's subscribers; return the number of deliveries."""
         deliveries = 0
         for message, frame in items:

@@ -19,7 +19,7 @@ from aio_pika.abc import AbstractChannel, AbstractConnection
 from aiormq.abc import DeliveredMessage
 from pamqp import commands as spec
 
-from services.chat.hub import Hub
+from services.chat.hub import Entry, Hub
 from services.chat.metrics import ChatMetrics
 from services.chat.ring import RecentRing
 from services.common.ids import UlidGenerator
@@ -166,7 +166,7 @@ class ChatRelay:
                 if last.delivery_tag is not None:
                     await last.channel.basic_ack(last.delivery_tag, multiple=True)
 
-    def _decode(self, batch: list[DeliveredMessage]) -> list[tuple[ChatMessage, str]]:
+    def _decode(self, batch: list[DeliveredMessage]) -> list[Entry]:
         items = []
         now_ms = time.time() * 1000
         for delivery in batch:

@@ -10,9 +10,8 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+from services.chat.hub import Entry
 from services.common.schema import ChatMessage
-
-Entry = tuple[ChatMessage, str]
 
 
 class RecentRing:

@@ -9,14 +9,14 @@ straight to the client. All steps after the backlog are synchronous, so no live 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import orjson
 import structlog
 
-from services.chat.history_client import Entry, HistoryClient, HistoryUnavailable
-from services.chat.hub import Subscriber
+from services.chat.history_client import HistoryClient, HistoryUnavailable
+from services.chat.hub import Entry, Subscriber
 from services.chat.ring import RecentRing
 from services.common.schema import ChatMessage, Cursor, CursorFilter
 
@@ -148,10 +148,5 @@ async def _merge(history: AsyncIterator[Entry], ring: list[Entry]) -> AsyncItera
         if ring and ring[0][0].id == entry[0].id:
             ring.pop(0)
         yield entry
-    for leftover in _drain(ring):
-        yield leftover
-
-
-def _drain(ring: list[Entry]) -> Iterable[Entry]:
     while ring:
         yield ring.pop(0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Awaitable, Callable
 
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
@@ -70,7 +71,7 @@ def build_info(registry: CollectorRegistry, service: str, version: str) -> None:
     ).labels(service=service, version=version).set(1)
 
 
-def metrics_endpoint(registry: CollectorRegistry):  # type: ignore[no-untyped-def]
+def metrics_endpoint(registry: CollectorRegistry) -> Callable[[Request], Awaitable[Response]]:
     async def metrics(_: Request) -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 

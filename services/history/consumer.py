@@ -61,6 +61,7 @@ class HistoryConsumer:
         self._drain_task = asyncio.create_task(self._drain_loop(), name="history-drain")
         if not self.storage_failed:
             await self._start_consuming()
+        self._metrics.broker_connected.set(1)
         return [channel]
 
     async def on_lost(self) -> None:

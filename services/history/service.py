@@ -49,5 +49,4 @@ class HistoryService:
             problems.append("broker not connected")
         elif not self.consumer.consuming:
             problems.append("consumer not attached")
-        self.metrics.broker_connected.set(1 if self.link.ready else 0)
         return problems

@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 import orjson
 import pytest
 
-from services.chat.history_client import Entry, HistoryUnavailable
-from services.chat.hub import Subscriber
+from services.chat.history_client import HistoryUnavailable
+from services.chat.hub import Entry, Subscriber
 from services.chat.ring import RecentRing
 from services.chat.sync import BacklogSync
 from services.common.ids import UlidGenerator, ulid_floor

@@ -57,10 +57,9 @@ def _key(message: dict[str, Any]) -> Key:
     return (message.get("author") or "", message.get("client_id") or message["id"])
 
 
-def _client_view(client: ResilientClient, stored_by_key: dict[Key, str]) -> tuple[dict[Key, str], list[str]]:
+def _client_view(client: ResilientClient, stored_by_key: dict[Key, str]) -> dict[Key, str]:
     """The client's messages deduplicated by key (as the page shows them), preferring the stored id."""
     view: dict[Key, str] = {}
-    problems: list[str] = []
     for message in client.unique.values():
         key = _key(message)
         if key in view and view[key] != message["id"]:
@@ -68,7 +67,15 @@ def _client_view(client: ResilientClient, stored_by_key: dict[Key, str]) -> tupl
                 view[key] = message["id"]
             continue
         view[key] = message["id"]
-    return view, problems
+    return view
+
+
+async def _caught_up(client: ResilientClient, stored_ids: set[str], timeout: float) -> bool:
+    try:
+        await client.wait_for(lambda: stored_ids <= set(client.unique) and client.connected, timeout=timeout)
+    except TimeoutError:
+        return False
+    return True
 
 
 async def settle(load: ChaosLoad, history_url: str, timeout: float = 90) -> list[dict[str, Any]]:
@@ -87,12 +94,12 @@ async def settle(load: ChaosLoad, history_url: str, timeout: float = 90) -> list
             break
         await asyncio.sleep(0.3)
     stored_ids = {m["id"] for m in stored}
-    for client in load.clients:
-        remaining = max(1.0, deadline - loop.time())
-        try:
-            await client.wait_for(lambda c=client: stored_ids <= set(c.unique) and c.connected, timeout=remaining)
-        except TimeoutError:
-            pass  # reported by check()
+    behind = [
+        client.name for client in load.clients
+        if not await _caught_up(client, stored_ids, max(1.0, deadline - loop.time()))
+    ]
+    if behind:  # check() then names what each of them lacks
+        print(f"\n[chaos] clients not caught up by the deadline: {behind}")
     # Late duplicates, if any, would arrive now.
     await asyncio.sleep(0.5)
     return await fetch_all(history_url, load.room)
@@ -119,7 +126,8 @@ def check(fault: str, load: ChaosLoad, stored: list[dict[str, Any]]) -> Figures:
     assert ids == sorted(ids), "history must answer in ascending id order"
     for client in load.clients:
         figures.clients_checked += 1
-        view, problems = _client_view(client, stored_by_key)
+        view = _client_view(client, stored_by_key)
+        problems: list[str] = []
         missing = set(stored_by_key) - set(view)
         extra = set(view) - set(stored_by_key)
         inconsistent = [k for k in stored_by_key if k in view and view[k] != stored_by_key[k]]
