@@ -121,8 +121,8 @@ async def _serve(websocket: WebSocket, service: ChatService) -> None:
     try:
         if session.cursor_error is not None:
             subscriber.push(error_frame(session.cursor_error.code, session.cursor_error.detail))
-        result = await service.sync.deliver_backlog(subscriber, session.cursor, session.token)
-        service.metrics.history_fetches.labels(result="ok" if result.history_ok else "unavailable").inc()
+        history_ok = await service.sync.deliver_backlog(subscriber, session.cursor, session.token)
+        service.metrics.history_fetches.labels(result="ok" if history_ok else "unavailable").inc()
         service.metrics.sync_seconds.observe(time.perf_counter() - started)
         await _receive_loop(websocket, service, session, subscriber)
     except WebSocketDisconnect:

@@ -45,13 +45,6 @@ class _Progress:
             self.recent_ids.add(message.id)
 
 
-@dataclass(frozen=True, slots=True)
-class SyncResult:
-    last: str | None
-    backlog: int
-    history_ok: bool
-
-
 class BacklogSync:
     def __init__(self, history: HistoryClient, ring: RecentRing, window_ms: int, on_connect_limit: int) -> None:
         self._history = history
@@ -61,12 +54,12 @@ class BacklogSync:
 
     async def deliver_backlog(
         self, subscriber: Subscriber, cursor: Cursor | None, token: str | None
-    ) -> SyncResult:
+    ) -> bool:
+        """Deliver the backlog, the held live messages, then `synced`; return whether history answered."""
         room = subscriber.room
         # Live messages that repeat backlog ones are recent: only those ids need remembering.
         progress = _Progress(recent_floor_ms=int(time.time() * 1000) - 2 * self._window_ms)
         ring = self._ring.snapshot(room)
-        count = 0
         unsent_ring: list[Entry] = []
         history_ok = True
         try:
@@ -76,7 +69,6 @@ class BacklogSync:
                 unsent_ring = []
                 for message, frame in entries:
                     await self._send(subscriber, progress, message, frame)
-                    count += 1
             else:
                 # Should history fail, the ring alone decides; origins it does not know fall back to time.
                 unsent_ring = self._wanted_from_ring(ring, self._filter(cursor, ring, []))
@@ -85,7 +77,6 @@ class BacklogSync:
                 history = self._history.stream_after(room, wanted.lower_bound, token)
                 async for message, frame in _merge(_selected(history, wanted), unsent_ring):
                     await self._send(subscriber, progress, message, frame)
-                    count += 1
         except HistoryUnavailable as exc:
             history_ok = False
             log.warning("history unavailable for backlog", room=room, error=str(exc))
@@ -93,7 +84,6 @@ class BacklogSync:
             for message, frame in unsent_ring:
                 if progress.last is None or message.id > progress.last:
                     await self._send(subscriber, progress, message, frame)
-                    count += 1
         for message, frame in subscriber.finish_sync(progress.recent_ids, self._window_ms / 1000):
             if message.id in progress.recent_ids:
                 progress.recent_ids.discard(message.id)
@@ -101,7 +91,7 @@ class BacklogSync:
                 subscriber.push(frame)
                 progress.sent(message)
         subscriber.push(orjson.dumps({"type": "synced", "last": progress.last}).decode())
-        return SyncResult(last=progress.last, backlog=count, history_ok=history_ok)
+        return history_ok
 
     async def _send(self, subscriber: Subscriber, progress: _Progress, message: ChatMessage, frame: str) -> None:
         await subscriber.push_paced(frame)
