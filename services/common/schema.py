@@ -7,7 +7,6 @@ ignore unknown fields and accept a higher ``v`` so a rolling upgrade never stall
 from __future__ import annotations
 
 import re
-import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +20,9 @@ MAX_CURSOR_IDS = 32
 ROOM_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 CLIENT_ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 _CLIENT_FIELDS = frozenset({"type", "text", "client_id"})
-_ALLOWED_CONTROLS = frozenset("\n\t")
+# Unicode category Cc (C0, DEL, C1: 65 code points; Unicode never changes this set) minus newline and tab. One regex
+# search runs in C; a per-character unicodedata loop cost ~65 ns a character, ~260 us per 4,000-byte text.
+_REFUSED_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
 class FrameError(Exception):
@@ -155,7 +156,7 @@ def validate_text(text: str, max_bytes: int, client_id: str | None = None) -> st
         raise FrameError("bad_text", "text is not valid UTF-8 (lone surrogate)", client_id) from None
     if size > max_bytes:
         raise FrameError("too_large", f"text is {size} bytes, the limit is {max_bytes}", client_id)
-    if any(unicodedata.category(char) == "Cc" and char not in _ALLOWED_CONTROLS for char in text):
+    if _REFUSED_CONTROLS.search(text) is not None:
         raise FrameError("bad_text", "control characters other than newline and tab are refused", client_id)
     return text
 

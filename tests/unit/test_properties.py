@@ -4,6 +4,7 @@ the history query parser and what a parsed query selects from a real LevelDB sto
 from __future__ import annotations
 
 import string
+import sys
 import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
@@ -144,6 +145,23 @@ def refusal(text: str, limit: int) -> str | None:
     if any(unicodedata.category(ch) == "Cc" and ch not in "\n\t" for ch in text):
         return "bad_text"
     return None
+
+
+def test_the_control_character_check_agrees_with_unicodedata_on_every_code_point() -> None:
+    # validate_text uses one compiled regex; the reference is the per-character unicodedata rule it replaced.
+    disagreements = []
+    for code_point in range(sys.maxunicode + 1):
+        char = chr(code_point)
+        if unicodedata.category(char) == "Cs":
+            continue  # a lone surrogate is not UTF-8: refused before the control check, tested above
+        try:
+            validate_text("a" + char, 8)
+            code = None
+        except FrameError as exc:
+            code = exc.code
+        if code != refusal("a" + char, 8):
+            disagreements.append(hex(code_point))
+    assert disagreements == []
 
 
 @given(any_text, st.integers(min_value=1, max_value=64))
