@@ -19,7 +19,7 @@ run: deps
 	bash scripts/run-local.sh
 
 test: deps
-	@for s in scripts/install-deploy-tools.sh scripts/install-browser-tools.sh; do \
+	@for s in scripts/install-deploy-tools.sh scripts/install-browser-tools.sh scripts/rabbitmq4-root.sh; do \
 	  if [ -f $$s ]; then bash $$s || exit 1; fi; done
 	$(BIN)/python -m pytest -m "not slow and not kind" -q
 
