@@ -44,6 +44,7 @@ class Subscriber:
         # replica's queue delivers it. Dropped when they show up, forgotten after the recovery window.
         self._already_sent: set[str] | None = None
         self._already_sent_until = 0.0
+        self._live_ids: set[str] | None = None
         self.closed = False
         self.close_code: int | None = None
         self._close_reason = ""
@@ -66,7 +67,13 @@ class Subscriber:
                 return
             self.pending.append((message, frame))
         else:
+            if self._live_ids is not None:
+                self._live_ids.add(message.id)
             self.push(frame)
+
+    def track_live(self, ids: set[str] | None) -> None:
+        """Add the id of every live message sent from now on to ``ids`` (None stops): a backfill skips them."""
+        self._live_ids = ids
 
     def push(self, frame: str) -> None:
         """Queue a frame without waiting; a full buffer closes the connection (slow consumer)."""
