@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -19,7 +21,7 @@ from services.chat.hub import Subscriber
 from services.chat.limits import TokenBucket
 from services.chat.relay import PublishFailed
 from services.chat.service import CLOSE_SERVICE_RESTART, ChatService
-from services.chat.sync import error_frame
+from services.chat.sync import Gap, error_frame
 from services.common.auth import Unauthorized, bearer_token
 from services.common.http import error_response
 from services.common.schema import DEFAULT_ROOM, Cursor, FrameError, parse_send_frame, valid_room
@@ -118,21 +120,39 @@ async def _serve(websocket: WebSocket, service: ChatService) -> None:
     service.metrics.clients.inc()
     service.metrics.connections.inc()
     started = time.perf_counter()
+    backfill: asyncio.Task[None] | None = None
     try:
         if session.cursor_error is not None:
-            subscriber.push(error_frame(session.cursor_error.code, session.cursor_error.detail))
-        history_ok = await service.sync.deliver_backlog(subscriber, session.cursor, session.token)
-        service.metrics.history_fetches.labels(result="ok" if history_ok else "unavailable").inc()
+            _reply_error(service, subscriber, session.cursor_error)
+        gap = await service.sync.deliver_backlog(subscriber, session.cursor, session.token)
+        service.metrics.history_fetches.labels(result="ok" if gap is None else "unavailable").inc()
         service.metrics.sync_seconds.observe(time.perf_counter() - started)
+        if gap is not None:
+            service.metrics.errors.labels(code="history_unavailable").inc()
+            backfill = asyncio.create_task(_backfill(service, subscriber, gap, session.token), name="ws-backfill")
         await _receive_loop(websocket, service, session, subscriber)
     except WebSocketDisconnect:
         pass
     finally:
+        if backfill is not None:
+            backfill.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await backfill
         service.hub.unsubscribe(subscriber)
         service.metrics.clients.dec()
         if subscriber.close_code is not None:
             service.metrics.disconnects.labels(code=str(subscriber.close_code)).inc()
         await subscriber.aclose()
+
+
+async def _backfill(service: ChatService, subscriber: Subscriber, gap: Gap, token: str | None) -> None:
+    """Owned by the connection: a failure here closes it (the client resumes with its cursor), never silently."""
+    try:
+        if await service.sync.backfill(subscriber, gap, token):
+            service.metrics.history_fetches.labels(result="backfilled").inc()
+    except Exception:
+        log.exception("backfill failed", room=subscriber.room)
+        subscriber.close_soon(CLOSE_SERVICE_RESTART, "backfill failed; reconnect with your cursor")
 
 
 async def _receive_loop(websocket: WebSocket, service: ChatService, session: Session, subscriber: Subscriber) -> None:

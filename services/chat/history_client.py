@@ -29,10 +29,14 @@ class HistoryClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def latest(self, room: str, limit: int, token: str | None) -> list[Entry]:
+    async def latest(self, room: str, limit: int, token: str | None, before: str | None = None) -> list[Entry]:
+        """The room's newest ``limit`` messages (before ``before`` if given), in id order."""
         if limit == 0:
             return []
-        return [entry async for entry in self._page(room, {"latest": "1", "limit": str(limit)}, token)]
+        params = {"latest": "1", "limit": str(limit)}
+        if before is not None:
+            params["before"] = before
+        return [entry async for entry in self._page(room, params, token)]
 
     async def lookup(self, room: str, ids: list[str], token: str | None) -> list[ChatMessage]:
         return [message async for message, _ in self._page(room, {"ids": ",".join(ids)}, token)]

@@ -4,10 +4,17 @@ The subscriber is already receiving live messages into its ``pending`` list when
 The backlog (history merged with this replica's ring of recent deliveries) goes out in id order, paced by the
 client; then the pending live messages not already sent; then ``synced``; from then on, live frames go
 straight to the client. All steps after the backlog are synchronous, so no live message can slip in between.
+
+When history cannot be read in full, ``synced`` says ``complete: false`` and the connection keeps a ``Gap``:
+how far history was read and which other ids went out since. ``backfill`` retries until history answers, sends
+what the client still lacks for the cursor it connected with (each id at most once), then ``synced`` again with
+``complete: true``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import random
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -22,12 +29,39 @@ from services.common.schema import ChatMessage, Cursor, CursorFilter
 
 log = structlog.get_logger(__name__)
 
+CLOSE_SERVICE_RESTART = 1012
+# Backfill retries back off to this, with full jitter, so that clients held by one outage do not all ask
+# history again at the same instant when it returns.
+BACKFILL_RETRY_MAX_S = 10.0
+BACKFILL_RETRY_FIRST_S = 0.5
+# A gap open this long in messages sent live means a long outage on a busy room: the ids to skip would grow
+# without bound, so the client is sent away to reconnect with its cursor instead (it keeps the gap's cursor).
+BACKFILL_MAX_TRACKED_IDS = 100_000
+
 
 def error_frame(code: str, detail: str, client_id: str | None = None) -> str:
     body: dict[str, object] = {"type": "error", "code": code, "detail": detail}
     if client_id is not None:
         body["client_id"] = client_id
     return orjson.dumps(body).decode()
+
+
+def synced_frame(last: str | None, complete: bool) -> str:
+    return orjson.dumps({"type": "synced", "last": last, "complete": complete}).decode()
+
+
+@dataclass(slots=True)
+class Gap:
+    """What an incomplete sync still owes a connection.
+
+    History was read in full up to ``history_through`` (every wanted stored id up to it went out); ``sent``
+    holds every other id that went out on this connection since (ring, held-back live, live since ``synced``).
+    """
+
+    cursor: Cursor | None
+    history_through: str | None
+    sent: set[str]
+    last: str | None
 
 
 @dataclass(slots=True)
@@ -37,6 +71,7 @@ class _Progress:
     recent_floor_ms: int
     last: str | None = None
     recent_ids: set[str] = field(default_factory=set)
+    history_through: str | None = None  # the last id read from history, wanted or not
 
     def sent(self, message: ChatMessage) -> None:
         if self.last is None or message.id > self.last:
@@ -54,14 +89,14 @@ class BacklogSync:
 
     async def deliver_backlog(
         self, subscriber: Subscriber, cursor: Cursor | None, token: str | None
-    ) -> bool:
-        """Deliver the backlog, the held live messages, then `synced`; return whether history answered."""
+    ) -> Gap | None:
+        """Deliver the backlog, the held live messages, then `synced`; return the gap if history failed."""
         room = subscriber.room
         # Live messages that repeat backlog ones are recent: only those ids need remembering.
         progress = _Progress(recent_floor_ms=int(time.time() * 1000) - 2 * self._window_ms)
         ring = self._ring.snapshot(room)
         unsent_ring: list[Entry] = []
-        history_ok = True
+        gap: Gap | None = None
         try:
             if cursor is None:
                 unsent_ring = ring[-self._on_connect_limit :] if self._on_connect_limit else []
@@ -74,24 +109,83 @@ class BacklogSync:
                 unsent_ring = self._wanted_from_ring(ring, self._filter(cursor, ring, []))
                 wanted = self._filter(cursor, ring, await self._lookup(room, cursor, ring, token))
                 unsent_ring = self._wanted_from_ring(ring, wanted)
-                history = self._history.stream_after(room, wanted.lower_bound, token)
+                history = _recording(self._history.stream_after(room, wanted.lower_bound, token), progress)
                 async for message, frame in _merge(_selected(history, wanted), unsent_ring):
                     await self._send(subscriber, progress, message, frame)
         except HistoryUnavailable as exc:
-            history_ok = False
             log.warning("history unavailable for backlog", room=room, error=str(exc))
+            gap = Gap(cursor, progress.history_through, set(), None)
             subscriber.push(error_frame("history_unavailable", "history is unavailable; showing recent messages"))
             for message, frame in unsent_ring:
                 if progress.last is None or message.id > progress.last:
                     await self._send(subscriber, progress, message, frame)
+                    gap.sent.add(message.id)
+            # From here on every live id this connection gets is remembered, so the backfill never repeats one.
+            subscriber.track_live(gap.sent)
         for message, frame in subscriber.finish_sync(progress.recent_ids, self._window_ms / 1000):
             if message.id in progress.recent_ids:
                 progress.recent_ids.discard(message.id)
             else:
                 subscriber.push(frame)
                 progress.sent(message)
-        subscriber.push(orjson.dumps({"type": "synced", "last": progress.last}).decode())
-        return history_ok
+                if gap is not None:
+                    gap.sent.add(message.id)
+        subscriber.push(synced_frame(progress.last, complete=gap is None))
+        if gap is not None:
+            gap.last = progress.last
+        return gap
+
+    async def backfill(self, subscriber: Subscriber, gap: Gap, token: str | None) -> bool:
+        """Retry the backlog until history answers; send what the gap owes, then `synced` complete.
+
+        Returns whether the gap was closed (False when the connection closed first).
+        """
+        attempt = 0
+        while not subscriber.closed:
+            await asyncio.sleep(random.uniform(0, min(BACKFILL_RETRY_MAX_S, BACKFILL_RETRY_FIRST_S * 2**attempt)))
+            attempt += 1
+            if len(gap.sent) > BACKFILL_MAX_TRACKED_IDS:
+                log.warning("history gap open too long; client sent to reconnect", room=subscriber.room)
+                subscriber.close_soon(CLOSE_SERVICE_RESTART, "history unavailable; reconnect with your cursor")
+                return False
+            try:
+                sent = await self._send_gap(subscriber, gap, token)
+            except HistoryUnavailable as exc:
+                log.info("history still unavailable for backfill", room=subscriber.room, attempt=attempt,
+                         error=str(exc))
+                continue
+            subscriber.track_live(None)
+            last = max((i for i in (gap.last, max(gap.sent, default=None)) if i is not None), default=None)
+            subscriber.push(synced_frame(last, complete=True))
+            log.info("history gap backfilled", room=subscriber.room, messages=sent, attempts=attempt)
+            return True
+        return False
+
+    async def _send_gap(self, subscriber: Subscriber, gap: Gap, token: str | None) -> int:
+        """Send the stored messages the gap owes that this connection has not had; resumable on failure."""
+        room = subscriber.room
+        if gap.cursor is None:
+            # The client wanted the room's newest messages: those older than anything it got since.
+            before = min(gap.sent, default=None)
+            entries = await self._history.latest(room, self._on_connect_limit, token, before=before)
+            return await self._send_owed(subscriber, gap, _listed(entries))
+        ring = self._ring.snapshot(room)
+        wanted = self._filter(gap.cursor, ring, await self._lookup(room, gap.cursor, ring, token))
+        start = max(wanted.lower_bound, gap.history_through or "")
+        history = _recording(self._history.stream_after(room, start, token), gap)
+        return await self._send_owed(subscriber, gap, _selected(history, wanted))
+
+    @staticmethod
+    async def _send_owed(subscriber: Subscriber, gap: Gap, entries: AsyncIterator[Entry]) -> int:
+        count = 0
+        async for message, frame in entries:
+            if message.id in gap.sent:
+                continue
+            await subscriber.push_paced(frame)
+            if gap.last is None or message.id > gap.last:
+                gap.last = message.id
+            count += 1
+        return count
 
     async def _send(self, subscriber: Subscriber, progress: _Progress, message: ChatMessage, frame: str) -> None:
         await subscriber.push_paced(frame)
@@ -122,6 +216,18 @@ class BacklogSync:
             if message.id > by_origin.get(message.origin, ""):
                 by_origin[message.origin] = message.id
         return CursorFilter(by_origin, cursor.newest_ts, self._window_ms)
+
+
+async def _recording(entries: AsyncIterator[Entry], progress: _Progress | Gap) -> AsyncIterator[Entry]:
+    """Note how far history has been read: a failure later means everything up to there went out."""
+    async for entry in entries:
+        progress.history_through = entry[0].id
+        yield entry
+
+
+async def _listed(entries: list[Entry]) -> AsyncIterator[Entry]:
+    for entry in entries:
+        yield entry
 
 
 async def _selected(entries: AsyncIterator[Entry], wanted: CursorFilter) -> AsyncIterator[Entry]:

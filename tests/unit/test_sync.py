@@ -11,7 +11,8 @@ import pytest
 from services.chat.history_client import HistoryUnavailable
 from services.chat.hub import Entry, Subscriber
 from services.chat.ring import RecentRing
-from services.chat.sync import BacklogSync
+from services.chat import sync as sync_module
+from services.chat.sync import BacklogSync, Gap
 from services.common.ids import UlidGenerator, ulid_floor
 from services.common.schema import ChatMessage, Cursor
 
@@ -28,11 +29,15 @@ class FakeHistory:
     def __init__(self, stored: list[Entry], fail: bool = False) -> None:
         self.stored = sorted(stored, key=lambda e: e[0].id)
         self.fail = fail
+        self.fail_after: int | None = None  # a stream that breaks after this many entries
         self.reads: list[str] = []
 
-    async def latest(self, room: str, limit: int, token: str | None) -> list[Entry]:
+    def store(self, *entries: Entry) -> None:
+        self.stored = sorted(self.stored + list(entries), key=lambda e: e[0].id)
+
+    async def latest(self, room: str, limit: int, token: str | None, before: str | None = None) -> list[Entry]:
         self._maybe_fail()
-        return self.stored[-limit:]
+        return [e for e in self.stored if before is None or e[0].id < before][-limit:]
 
     async def lookup(self, room: str, ids: list[str], token: str | None) -> list[ChatMessage]:
         self._maybe_fail()
@@ -41,9 +46,10 @@ class FakeHistory:
     async def stream_after(self, room: str, after: str, token: str | None) -> AsyncIterator[Entry]:
         self._maybe_fail()
         self.reads.append(after)
-        for entry in self.stored:
-            if entry[0].id > after:
-                yield entry
+        for count, entry in enumerate(e for e in self.stored if e[0].id > after):
+            if count == self.fail_after:
+                raise HistoryUnavailable("broke midway")
+            yield entry
 
     def _maybe_fail(self) -> None:
         if self.fail:
@@ -88,7 +94,7 @@ async def test_without_cursor_newest_history_and_ring_then_pending_once_then_syn
     frames = await run_sync(FakeHistory(old + recent[:1]), recent, live, None, limit=6)
     expected = [e[0].id for e in (old + recent)[-6:]] + [live[1][0].id]
     assert ids_of(frames) == expected
-    assert frames[-1] == {"type": "synced", "last": live[1][0].id}
+    assert frames[-1] == {"type": "synced", "last": live[1][0].id, "complete": True}
 
 
 async def test_cursor_sends_exactly_what_the_client_has_not_seen() -> None:
@@ -116,7 +122,7 @@ async def test_history_down_gives_an_error_then_the_ring_then_synced() -> None:
     frames = await run_sync(FakeHistory([], fail=True), ring_entries, live, None)
     assert frames[0]["type"] == "error" and frames[0]["code"] == "history_unavailable"
     assert ids_of(frames) == [e[0].id for e in ring_entries + live]
-    assert frames[-1]["type"] == "synced"
+    assert frames[-1] == {"type": "synced", "last": live[0][0].id, "complete": False}
 
 
 @pytest.mark.parametrize("fail", [False, True])
@@ -125,3 +131,110 @@ async def test_no_duplicates_between_backlog_and_pending(fail: bool) -> None:
     frames = await run_sync(FakeHistory(entries, fail=fail), entries, entries[5:], Cursor((entries[2][0].id,)))
     sent = ids_of(frames)
     assert sent == [e[0].id for e in entries[3:]]
+
+
+class Connection:
+    """A subscriber after an incomplete sync, with its backfill running as the replica runs it."""
+
+    def __init__(self, history: FakeHistory, ring: RecentRing, cursor: Cursor | None, limit: int = 100) -> None:
+        self.recorder = Recorder()
+        self.subscriber = Subscriber("r", self.recorder.send, self.recorder.close, 10_000, False)
+        self.sync = BacklogSync(history, ring, 10_000, limit)  # type: ignore[arg-type]
+        self.cursor = cursor
+
+    async def connect(self) -> Gap:
+        gap = await self.sync.deliver_backlog(self.subscriber, self.cursor, None)
+        assert gap is not None
+        return gap
+
+    def live(self, *entries: Entry) -> None:
+        for entry in entries:
+            self.subscriber.deliver_live(*entry)
+
+    async def frames(self) -> list[dict[str, object]]:
+        await asyncio.sleep(0.01)
+        await self.subscriber.aclose()
+        return self.recorder.frames
+
+
+@pytest.fixture(autouse=True)
+def instant_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sync_module, "BACKFILL_RETRY_FIRST_S", 0.001)
+    monkeypatch.setattr(sync_module, "BACKFILL_RETRY_MAX_S", 0.002)
+
+
+async def test_after_an_outage_the_backfill_sends_what_the_cursor_lacks_once_then_synced_complete() -> None:
+    seen = make("A")
+    missed = [make("A") for _ in range(50)]  # stored while the client was away, beyond the ring
+    history = FakeHistory([seen, *missed], fail=True)
+    connection = Connection(history, RecentRing(10_000), Cursor((seen[0].id,)))
+    gap = await connection.connect()
+    live = [make("B") for _ in range(5)]
+    connection.live(*live)
+    history.store(*live)  # history stores the live ones too: they must not come twice
+    history.fail = False
+    assert await connection.sync.backfill(connection.subscriber, gap, None)
+    frames = await connection.frames()
+    ids = ids_of(frames)
+    assert sorted(ids) == sorted(e[0].id for e in missed + live)
+    assert len(ids) == len(set(ids))
+    synced = [f for f in frames if f["type"] == "synced"]
+    assert synced == [
+        {"type": "synced", "last": None, "complete": False},
+        {"type": "synced", "last": max(ids), "complete": True},
+    ]
+
+
+async def test_a_backfill_that_breaks_midway_resumes_without_repeating() -> None:
+    seen = make("A")
+    missed = [make("A") for _ in range(30)]
+    history = FakeHistory([seen, *missed], fail=True)
+    connection = Connection(history, RecentRing(10_000), Cursor((seen[0].id,)))
+    gap = await connection.connect()
+    history.fail, history.fail_after = False, 12
+    backfill = asyncio.create_task(connection.sync.backfill(connection.subscriber, gap, None))
+    await asyncio.sleep(0.05)
+    history.fail_after = None
+    assert await asyncio.wait_for(backfill, 5)
+    ids = ids_of(await connection.frames())
+    assert ids == [e[0].id for e in missed]
+
+
+async def test_a_sync_that_breaks_midway_is_incomplete_and_the_backfill_sends_only_the_rest() -> None:
+    seen = make("A")
+    missed = [make("A") for _ in range(20)]
+    history = FakeHistory([seen, *missed])
+    history.fail_after = 8
+    connection = Connection(history, RecentRing(10_000), Cursor((seen[0].id,)))
+    gap = await connection.connect()
+    assert gap.history_through == missed[6][0].id  # the stream starts with `seen` itself
+    history.fail_after = None
+    assert await connection.sync.backfill(connection.subscriber, gap, None)
+    frames = await connection.frames()
+    assert ids_of(frames) == [e[0].id for e in missed]
+    assert [f["complete"] for f in frames if f["type"] == "synced"] == [False, True]
+
+
+async def test_without_a_cursor_the_backfill_sends_the_newest_older_than_what_the_client_got() -> None:
+    old = [make("A") for _ in range(10)]
+    recent = [make("A") for _ in range(2)]
+    ring = RecentRing(10_000)
+    for entry in recent:
+        ring.add(*entry)
+    history = FakeHistory(old + recent, fail=True)
+    connection = Connection(history, ring, None, limit=5)
+    gap = await connection.connect()
+    history.fail = False
+    assert await connection.sync.backfill(connection.subscriber, gap, None)
+    ids = ids_of(await connection.frames())
+    assert ids == [e[0].id for e in recent + old[-5:]]
+
+
+async def test_a_gap_held_too_long_on_a_busy_room_closes_1012(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sync_module, "BACKFILL_MAX_TRACKED_IDS", 10)
+    history = FakeHistory([], fail=True)
+    connection = Connection(history, RecentRing(10_000), None)
+    gap = await connection.connect()
+    connection.live(*(make("A") for _ in range(11)))
+    assert not await connection.sync.backfill(connection.subscriber, gap, None)
+    assert connection.subscriber.close_code == 1012
