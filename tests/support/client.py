@@ -43,6 +43,11 @@ class ChatClient:
         self.acks: dict[str, str] = {}
         self.errors: list[Frame] = []
         self.synced = asyncio.Event()
+        self.complete = asyncio.Event()  # the last `synced` said complete: no gap behind the live messages
+        # The cursor of a connection whose `synced` was incomplete: reconnects use it until one completes
+        # (contract section 3), so live messages never move the cursor past a gap.
+        self.gap_cursor: str | None = None
+        self._connect_cursor: str | None = None
         self.close_codes: list[int | None] = []
         self.connections = 0
         self._ws: ClientConnection | None = None
@@ -65,12 +70,19 @@ class ChatClient:
         return f"{self.urls[index % len(self.urls)]}?{urlencode(params)}"
 
     async def connect(self, index: int = 0, resume: bool = False, timeout: float = 30) -> None:
-        after = cursor_of(list(self.unique.values())) if resume and self.unique else None
+        after = self.resume_cursor() if resume else None
+        self._connect_cursor = after
         self.synced.clear()
+        self.complete.clear()
         self._ws = await websockets.connect(self.url(index, after), max_size=2**22, open_timeout=10)
         self.connections += 1
         self._reader = asyncio.create_task(self._read(self._ws))
         await asyncio.wait_for(self.synced.wait(), timeout)
+
+    def resume_cursor(self) -> str | None:
+        if self.gap_cursor is not None:
+            return self.gap_cursor
+        return cursor_of(list(self.unique.values())) if self.unique else None
 
     async def reconnect(self, index: int, timeout: float = 30, attempts: int = 60) -> None:
         """Resume with the cursor on replica ``index``, retrying while it is not accepting."""
@@ -143,5 +155,10 @@ class ChatClient:
         elif kind == "error":
             self.errors.append(frame)
         elif kind == "synced":
+            if frame.get("complete", True):
+                self.gap_cursor = None
+                self.complete.set()
+            elif self.gap_cursor is None:
+                self.gap_cursor = self._connect_cursor or ""
             self.synced.set()
         self._changed.set()
