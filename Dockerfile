@@ -14,16 +14,15 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN python -m venv /opt/venv
 WORKDIR /src
 
-# Dependencies first, in their own layer: read them from pyproject.toml without the code, so that a code change
-# does not reinstall them. (All dependencies ship manylinux wheels: plyvel bundles leveldb; no compiler needed.)
-COPY pyproject.toml ./
-RUN python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' \
-    > /tmp/requirements.txt \
-    && pip install --no-compile --requirement /tmp/requirements.txt
+# Dependencies first, in their own layer, from the same hashed lock as `make` (scripts/lock.sh writes it from
+# pyproject.toml), so that a code change does not reinstall them and every build gets the same versions.
+# (All dependencies ship manylinux wheels: plyvel bundles leveldb; no compiler needed.)
+COPY requirements/runtime.txt ./requirements/
+RUN pip install --no-compile --require-hashes --requirement requirements/runtime.txt
 
 # Then the project itself, without re-resolving dependencies.
 # pyproject.toml names README.md as the long description (the * keeps the build going while it is absent).
-COPY README.md* ./
+COPY pyproject.toml README.md* ./
 COPY services ./services
 RUN pip install --no-compile --no-deps . \
     && python -m compileall -q /opt/venv/lib

@@ -3,14 +3,21 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The pinned, hashed dependencies (scripts/lock.sh writes requirements/ from pyproject.toml; the Dockerfile installs
+# requirements/runtime.txt, scripts/install-*.sh requirements/tools.txt).
+LOCK := requirements/dev.txt
 
-.PHONY: run test test-fast chaos bench e2e-kind lint deps clean
+.PHONY: run test test-fast chaos bench e2e-kind lint deps lock clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
+	$(PYTHON) scripts/lock_digest.py --check requirements/runtime.txt $(LOCK) requirements/tools.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q --disable-pip-version-check --require-hashes -r $(LOCK)
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps -e .
 	touch $(STAMP)
+
+lock:
+	bash scripts/lock.sh
 
 deps: $(STAMP)
 	bash scripts/ensure-rabbitmq.sh

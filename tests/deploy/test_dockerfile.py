@@ -38,7 +38,9 @@ def test_dependencies_install_before_the_code_is_copied() -> None:
     copy_code = next(i for i, (k, a) in enumerate(builder) if k == "COPY" and "services" in a)
     deps = next(i for i, (k, a) in enumerate(builder) if k == "RUN" and "--requirement" in a)
     copies_before = [a for k, a in builder[:deps] if k == "COPY"]
-    assert deps < copy_code and copies_before == ["pyproject.toml ./"]
+    assert deps < copy_code and copies_before == ["requirements/runtime.txt ./requirements/"]
+    # The same hashed lock as `make` (tests/unit/test_lock.py checks it is current), never a resolve at build time.
+    assert "--require-hashes --requirement requirements/runtime.txt" in builder[deps][1]
 
 
 def test_final_stage_runs_as_numeric_non_root_without_build_tools() -> None:
@@ -56,4 +58,4 @@ def test_final_stage_runs_as_numeric_non_root_without_build_tools() -> None:
 def test_dockerignore_allows_only_what_the_build_copies() -> None:
     lines = [line for line in (ROOT / ".dockerignore").read_text().splitlines() if line and line[0] != "#"]
     assert lines[0] == "*"
-    assert {"!pyproject.toml", "!services/"} <= set(lines)
+    assert {"!pyproject.toml", "!requirements/runtime.txt", "!services/"} <= set(lines)
