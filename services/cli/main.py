@@ -148,10 +148,28 @@ class Seen:
         self._ids: OrderedDict[str, None] = OrderedDict()
         self._keys: OrderedDict[tuple[str | None, str], None] = OrderedDict()
         self._initial = [i.strip() for i in after.split(",") if i.strip()] if after else []
+        self._connected_with: str | None = None
+        # After an incomplete `synced` the server still owes messages older than live ones already shown:
+        # reconnects use the cursor of that connection until a sync completes (contract section 3).
+        self._gap_open = False
+        self._gap_cursor: str | None = None
 
     def param(self) -> str | None:
+        if self._gap_open:
+            return self._gap_cursor
         ids = list(self.cursor.values()) or self._initial
         return ",".join(ids[-MAX_CURSOR_IDS:]) or None
+
+    def connecting(self) -> str | None:
+        """The cursor for a new connection, remembered in case its sync turns out incomplete."""
+        self._connected_with = self.param()
+        return self._connected_with
+
+    def synced(self, complete: bool) -> None:
+        if complete:
+            self._gap_open, self._gap_cursor = False, None
+        elif not self._gap_open:
+            self._gap_open, self._gap_cursor = True, self._connected_with
 
     def fresh(self, message: Frame) -> bool:
         """Record a message; False when it was already shown (same id, or same author and client_id)."""
@@ -319,7 +337,7 @@ async def cmd_tail(service: Service, args: argparse.Namespace) -> int:
     attempt = 0
     while True:
         try:
-            async with await service.open(args.room, seen.param()) as ws:
+            async with await service.open(args.room, seen.connecting()) as ws:
                 backlog: list[Frame] = []
                 synced = False
                 async for frame in frames(ws):
@@ -331,7 +349,13 @@ async def cmd_tail(service: Service, args: argparse.Namespace) -> int:
                             backlog.append(frame)  # the first connect shows only the last --lines of it
                         else:
                             printer.message(frame)
-                    elif kind == "synced" and not synced:
+                    elif kind == "synced":
+                        complete = frame.get("complete") is not False
+                        seen.synced(complete)
+                        if synced:  # a late backfill after a history outage has ended
+                            if complete and args.verbose:
+                                note("history is back: caught up")
+                            continue
                         synced, attempt = True, 0
                         if first:
                             for message in backlog[-args.lines:] if args.lines else []:
@@ -341,7 +365,7 @@ async def cmd_tail(service: Service, args: argparse.Namespace) -> int:
                             note(f"following #{args.room}")
                     elif kind == "error":
                         if frame.get("code") == "history_unavailable":
-                            note("history is unavailable: showing recent messages only")
+                            note("history is unavailable: showing recent messages; the rest follows when it returns")
                         else:
                             note(f"{frame.get('code')}: {frame.get('detail', '')}")
             note("connection closed by the server; resuming")
