@@ -1,21 +1,26 @@
 """Local fan-out: rooms of subscribers, each with a bounded send buffer drained by one writer task.
 
 A message is encoded once per replica (``ChatMessage.to_frame``) and the same string is queued to every
-subscriber of its room. A subscriber whose buffer overflows is a slow consumer: it is closed with 1013
-instead of growing the replica's memory. Until its backlog is delivered, a subscriber holds live messages
-aside (``pending``) so that history and live can be joined without a gap or a duplicate.
+subscriber of its room. A subscriber's buffer is bounded in frames and in bytes; one that overflows either is a
+slow consumer: it is closed with 1013 instead of growing the replica's memory. A coalesced frame (``coalesce=1``)
+never exceeds the frame bound, so no client with a sane frame limit closes 1009. Until its backlog is delivered,
+a subscriber holds live messages aside (``pending``, under the same bounds) so that history and live can be
+joined without a gap or a duplicate.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 
 import structlog
 
+from services.chat.bounds import HighWater
 from services.common.schema import ChatMessage
 
 log = structlog.get_logger(__name__)
@@ -23,7 +28,27 @@ log = structlog.get_logger(__name__)
 CLOSE_SLOW_CONSUMER = 1013
 SendText = Callable[[str], Awaitable[None]]
 Close = Callable[[int, str], Awaitable[None]]
+OnOverflow = Callable[[str], None]  # called with the bound that overflowed: "frames" or "bytes"
 Entry = tuple[ChatMessage, str]  # a message and its client frame, encoded once per replica
+
+
+@dataclass(frozen=True, slots=True)
+class SendBounds:
+    """Byte bounds of one client's outbound side (CHAT_SEND_BUFFER_BYTES, CHAT_MAX_FRAME_BYTES)."""
+
+    buffer_bytes: int = 1024 * 1024
+    frame_bytes: int = 256 * 1024
+
+
+def utf8_size(frame: str) -> int:
+    """Bytes of a frame on the wire; ASCII frames (most) cost nothing to measure."""
+    return len(frame) if frame.isascii() else _encoded_size(frame)
+
+
+@functools.lru_cache(maxsize=64)
+def _encoded_size(frame: str) -> int:
+    # A fan-out pushes the same frame object to every member of a room in a row: a small cache measures it once.
+    return len(frame.encode("utf-8", "surrogatepass"))
 
 
 class Subscriber:
@@ -35,11 +60,15 @@ class Subscriber:
         self._close = close
         self._max_frames = max_frames
         self._coalesce = coalesce
-        self._frames: deque[str] = deque()
+        self._bounds = SendBounds()
+        self._on_overflow: OnOverflow | None = None
+        self._frames: deque[tuple[str, int]] = deque()  # (frame, its UTF-8 size)
+        self._bytes = 0
         self._wakeup = asyncio.Event()
         self._space = asyncio.Event()
         self._space.set()
         self.pending: list[Entry] | None = []  # None once synced
+        self._pending_bytes = 0
         # Ids the backlog already sent that may still arrive live: history can store a message before this
         # replica's queue delivers it. Dropped when they show up, forgotten after the recovery window.
         self._already_sent: set[str] | None = None
@@ -50,9 +79,18 @@ class Subscriber:
         self._close_reason = ""
         self._writer = asyncio.create_task(self._write_loop(), name="ws-writer")
 
+    def bound(self, bounds: SendBounds, on_overflow: OnOverflow | None = None) -> None:
+        """Set the byte bounds (the hub does it for every subscriber it takes in) and the overflow counter."""
+        self._bounds = bounds
+        self._on_overflow = on_overflow
+
     @property
     def buffered(self) -> int:
         return len(self._frames)
+
+    @property
+    def buffered_bytes(self) -> int:
+        return self._bytes
 
     def deliver_live(self, message: ChatMessage, frame: str) -> None:
         if self._already_sent is not None:
@@ -62,10 +100,14 @@ class Subscriber:
                 self._already_sent.discard(message.id)
                 return
         if self.pending is not None:
+            size = utf8_size(frame)
             if len(self.pending) >= self._max_frames:
-                self.overflow("live messages piled up while the backlog was sent")
-                return
-            self.pending.append((message, frame))
+                self.overflow("frames", "live messages piled up while the backlog was sent")
+            elif self._pending_bytes + size > self._bounds.buffer_bytes:
+                self.overflow("bytes", "live messages piled up while the backlog was sent")
+            else:
+                self.pending.append((message, frame))
+                self._pending_bytes += size
         else:
             if self._live_ids is not None:
                 self._live_ids.add(message.id)
@@ -79,12 +121,17 @@ class Subscriber:
         """Queue a frame without waiting; a full buffer closes the connection (slow consumer)."""
         if self.closed:
             return
+        size = utf8_size(frame)
         if len(self._frames) >= self._max_frames:
-            self.overflow(f"send buffer of {self._max_frames} frames overflowed")
+            self.overflow("frames", f"send buffer of {self._max_frames} frames overflowed")
             return
-        self._frames.append(frame)
+        if self._bytes + size > self._bounds.buffer_bytes:
+            self.overflow("bytes", f"send buffer of {self._bounds.buffer_bytes} bytes overflowed")
+            return
+        self._frames.append((frame, size))
+        self._bytes += size
         self._wakeup.set()
-        if len(self._frames) >= self._max_frames // 2:
+        if self._half_full():
             self._space.clear()
 
     async def push_paced(self, frame: str) -> None:
@@ -96,15 +143,22 @@ class Subscriber:
     def finish_sync(self, already_sent: set[str] | None = None, window_s: float = 0.0) -> list[Entry]:
         """Leave buffering mode; return the held-back live messages. Later repeats of ``already_sent`` are dropped."""
         pending, self.pending = self.pending or [], None
+        self._pending_bytes = 0
         if already_sent:
             self._already_sent = already_sent
             self._already_sent_until = time.monotonic() + window_s
         return pending
 
-    def overflow(self, reason: str) -> None:
+    def overflow(self, limit: str, reason: str) -> None:
+        """Close a slow consumer 1013; ``limit`` names the bound it overflowed ("frames" or "bytes")."""
         if self.closed:
             return
-        log.warning("closing slow consumer", room=self.room, reason=reason, buffered=len(self._frames))
+        log.warning(
+            "closing slow consumer", room=self.room, limit=limit, reason=reason,
+            buffered=len(self._frames), buffered_bytes=self._bytes,
+        )
+        if self._on_overflow is not None:
+            self._on_overflow(limit)
         self.close_soon(CLOSE_SLOW_CONSUMER, "slow consumer")
 
     def close_soon(self, code: int, reason: str) -> None:
@@ -114,6 +168,7 @@ class Subscriber:
         self.closed = True
         self.close_code = code
         self._frames.clear()
+        self._bytes = 0
         self._space.set()
         self._wakeup.set()
         self._close_reason = reason
@@ -125,6 +180,23 @@ class Subscriber:
         with contextlib.suppress(asyncio.CancelledError):
             await self._writer
 
+    def _half_full(self) -> bool:
+        return len(self._frames) >= self._max_frames // 2 or self._bytes >= self._bounds.buffer_bytes // 2
+
+    def _next_batch(self) -> str:
+        """The next text frame: one queued frame, or (coalescing) as many as fit in the frame bound."""
+        frame, size = self._frames.popleft()
+        self._bytes -= size
+        if not self._coalesce or not self._frames:
+            return frame
+        batch, total = [frame], size
+        while self._frames and total + 1 + self._frames[0][1] <= self._bounds.frame_bytes:
+            frame, size = self._frames.popleft()
+            self._bytes -= size
+            batch.append(frame)
+            total += 1 + size
+        return "\n".join(batch) if len(batch) > 1 else batch[0]
+
     async def _write_loop(self) -> None:
         try:
             while True:
@@ -132,13 +204,8 @@ class Subscriber:
                 if self.closed:
                     break
                 while self._frames and not self.closed:
-                    if self._coalesce and len(self._frames) > 1:
-                        batch = "\n".join(self._frames)
-                        self._frames.clear()
-                    else:
-                        batch = self._frames.popleft()
-                    await self._send_text(batch)
-                    if len(self._frames) < self._max_frames // 2:
+                    await self._send_text(self._next_batch())
+                    if not self._half_full():
                         self._space.set()
                 if self.closed:
                     # close_soon() ran while a send was blocked (a slow consumer, a broker loss under load):
@@ -160,16 +227,26 @@ class Subscriber:
 
 
 class Hub:
-    """Rooms of subscribers on this replica."""
+    """Rooms of subscribers on this replica. A room is dropped with its last subscriber, and the room map is
+    compacted once most of the rooms it held are gone, so room names chosen by clients cost nothing afterwards."""
 
-    def __init__(self) -> None:
+    def __init__(self, bounds: SendBounds | None = None, on_overflow: OnOverflow | None = None) -> None:
         self._rooms: dict[str, set[Subscriber]] = {}
+        self._rooms_high = HighWater()
+        self._bounds = bounds or SendBounds()
+        self._on_overflow = on_overflow
 
     def __len__(self) -> int:
         return sum(len(members) for members in self._rooms.values())
 
+    @property
+    def rooms(self) -> int:
+        return len(self._rooms)
+
     def subscribe(self, subscriber: Subscriber) -> None:
+        subscriber.bound(self._bounds, self._on_overflow)
         self._rooms.setdefault(subscriber.room, set()).add(subscriber)
+        self._rooms_high.note(len(self._rooms))
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
         members = self._rooms.get(subscriber.room)
@@ -177,6 +254,7 @@ class Hub:
             members.discard(subscriber)
             if not members:
                 del self._rooms[subscriber.room]
+                self._rooms = self._rooms_high.shrink(self._rooms)
 
     def dispatch(self, items: Iterable[Entry]) -> int:
         """Queue each (message, encoded frame) to its room's subscribers; return the number of deliveries."""

@@ -7,6 +7,8 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 
+from services.chat.bounds import HighWater
+
 
 class TokenBucket:
     """``rate`` tokens per second up to ``burst``; a rate or burst of 0 turns limiting off."""
@@ -33,20 +35,29 @@ class TokenBucket:
 
 
 class ConnectionCounter:
+    """Open WebSockets per client address. An address is held only while it has an open connection, so the map
+    never outgrows the open connections, and it is compacted once most of the addresses it held are gone."""
+
     def __init__(self, limit: int) -> None:
         self._limit = limit
         self._open: Counter[str] = Counter()
+        self._high = HighWater()
+
+    def __len__(self) -> int:
+        return len(self._open)
 
     def acquire(self, address: str) -> bool:
         if self._limit and self._open[address] >= self._limit:
             return False
         self._open[address] += 1
+        self._high.note(len(self._open))
         return True
 
     def release(self, address: str) -> None:
         self._open[address] -= 1
         if self._open[address] <= 0:
             del self._open[address]
+            self._open = self._high.shrink(self._open)
 
 
 class ClientAddress:

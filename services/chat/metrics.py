@@ -14,6 +14,7 @@ ERROR_CODES = (
 )
 CLOSE_CODES = ("1008", "1012", "1013")
 HISTORY_FETCH_RESULTS = ("ok", "unavailable", "backfilled")
+SEND_BUFFER_LIMITS = ("frames", "bytes")
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -36,6 +37,9 @@ class ChatMetrics:
     history_queue_messages: Gauge
     history_queue_consumers: Gauge
     broker_connected: Gauge
+    slow_consumers: Counter
+    ring_evictions: Counter
+    idempotency_evictions: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> ChatMetrics:
@@ -98,6 +102,19 @@ class ChatMetrics:
                 "durable_chat_broker_connected", "1 while the AMQP connection, channel and consumer are up.",
                 registry=r,
             ),
+            slow_consumers=Counter(
+                "durable_chat_slow_consumers_total",
+                "Clients closed 1013 because their send buffer overflowed, by the bound hit (frames or bytes).",
+                ["limit"], registry=r,
+            ),
+            ring_evictions=Counter(
+                "durable_chat_ring_evictions_total",
+                "Recent-ring entries dropped before their window ended because the ring was full.", registry=r,
+            ),
+            idempotency_evictions=Counter(
+                "durable_chat_idempotency_evictions_total",
+                "Confirmed client_ids forgotten before their window ended because the cache was full.", registry=r,
+            ),
         )
         for reason in PUBLISH_FAILURE_REASONS:
             metrics.publish_failures.labels(reason=reason)
@@ -107,4 +124,6 @@ class ChatMetrics:
             metrics.disconnects.labels(code=close_code)
         for result in HISTORY_FETCH_RESULTS:
             metrics.history_fetches.labels(result=result)
+        for limit in SEND_BUFFER_LIMITS:
+            metrics.slow_consumers.labels(limit=limit)
         return metrics

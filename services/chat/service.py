@@ -7,7 +7,7 @@ import asyncio
 import structlog
 
 from services.chat.history_client import HistoryClient
-from services.chat.hub import Hub
+from services.chat.hub import Hub, SendBounds
 from services.chat.idempotency import IdempotencyCache
 from services.chat.limits import ClientAddress, ConnectionCounter
 from services.chat.metrics import ChatMetrics
@@ -30,9 +30,19 @@ class ChatService:
         self.settings = config.chat
         self.metrics = metrics or ChatMetrics.create()
         self.verifier = TokenVerifier(config.chat.auth_secret, config.chat.auth_public_key)
-        self.hub = Hub()
-        self.ring = RecentRing(config.chat.recovery_window_ms)
-        self.idempotency = IdempotencyCache(config.chat.idempotency_window_s)
+        chat = config.chat
+        self.hub = Hub(
+            SendBounds(chat.send_buffer_bytes, chat.max_frame_bytes),
+            lambda limit: self.metrics.slow_consumers.labels(limit=limit).inc(),
+        )
+        self.ring = RecentRing(
+            chat.recovery_window_ms, max_entries=chat.ring_max_entries, max_bytes=chat.ring_max_bytes,
+            on_evict=self.metrics.ring_evictions.inc,
+        )
+        self.idempotency = IdempotencyCache(
+            chat.idempotency_window_s, max_keys=chat.idempotency_max_keys,
+            on_evict=self.metrics.idempotency_evictions.inc,
+        )
         self.connections = ConnectionCounter(config.chat.max_connections_per_client)
         self.client_address = ClientAddress(config.chat.trusted_proxies)
         self.history = HistoryClient(config.chat.history_url, config.chat.history_timeout_s)

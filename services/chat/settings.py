@@ -40,6 +40,18 @@ class ChatSettings(BaseSettings):
     idempotency_window_s: int = Field(
         default=600, ge=0, le=86400, description="How long a confirmed client_id is remembered."
     )
+    idempotency_max_keys: int = Field(
+        default=100_000, ge=1000, le=10_000_000,
+        description="Confirmed client_ids remembered at most (about 400 bytes each); the oldest go first.",
+    )
+    ring_max_entries: int = Field(
+        default=100_000, ge=1000, le=10_000_000,
+        description="Messages the recent-deliveries ring holds at most, across rooms; the oldest go first.",
+    )
+    ring_max_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=1024 * 1024, le=16 * 1024**3,
+        description="Estimated memory of the recent-deliveries ring at most, in bytes; the oldest go first.",
+    )
     rate_limit_per_s: float = Field(default=20.0, ge=0, description="Messages per second per connection; 0 is off.")
     rate_limit_burst: int = Field(default=40, ge=0, description="Token bucket size per connection; 0 is off.")
     max_connections_per_client: int = Field(
@@ -54,6 +66,14 @@ class ChatSettings(BaseSettings):
     )
     send_buffer_frames: int = Field(
         default=1000, ge=10, le=1_000_000, description="Frames queued per client before it is closed 1013."
+    )
+    send_buffer_bytes: int = Field(
+        default=1024 * 1024, ge=64 * 1024, le=1024**3,
+        description="Bytes queued per client before it is closed 1013 (at least CHAT_MAX_FRAME_BYTES).",
+    )
+    max_frame_bytes: int = Field(
+        default=256 * 1024, ge=16 * 1024, le=64 * 1024 * 1024,
+        description="Largest coalesced text frame sent, in bytes; a single larger message goes alone.",
     )
     auth_secret: str = Field(default="", description="HS256 secret; when set, a JWT is required.")
     auth_public_key: str = Field(default="", description="PEM RS256 public key; when set, a JWT is required.")
@@ -90,5 +110,11 @@ def load_config() -> ChatConfig:
             "invalid configuration: CHAT_RECOVERY_WINDOW_MS must be larger than AMQP_PUBLISH_TIMEOUT_S "
             f"({config.chat.recovery_window_ms} ms <= {config.amqp.publish_timeout_s} s): a stalled "
             "replica's messages would fall outside the cursor overlap"
+        )
+    if config.chat.send_buffer_bytes < config.chat.max_frame_bytes:
+        raise ConfigError(
+            "invalid configuration: CHAT_SEND_BUFFER_BYTES must be at least CHAT_MAX_FRAME_BYTES "
+            f"({config.chat.send_buffer_bytes} < {config.chat.max_frame_bytes}): a client could never be sent "
+            "one full coalesced frame"
         )
     return config
