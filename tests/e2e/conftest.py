@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.procs import LocalTopology
-from tests.support.rabbit import PrivateRabbit, running_private_rabbit
+from tests.support.rabbit import PrivateRabbit, default_engine
 
 REMOTE_CHAT_URLS = [u for u in os.environ.get("DURABLE_CHAT_E2E_CHAT_URLS", "").split(",") if u]
 REMOTE_HISTORY_URL = os.environ.get("DURABLE_CHAT_E2E_HISTORY_URL", "")
@@ -38,10 +38,43 @@ class Endpoints:
         return self.topology
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "rabbitmq(version): run the test's private node on RabbitMQ `version` ('4' or '3.10'); "
+        "unmarked tests use DCT_RABBITMQ, else 4",
+    )
+
+
+def requested_engine(request: pytest.FixtureRequest) -> str:
+    """The RabbitMQ engine a test asked for with ``@pytest.mark.rabbitmq(...)``, else the run's default."""
+    marker = request.node.get_closest_marker("rabbitmq")
+    return str(marker.args[0]) if marker else default_engine()
+
+
 @pytest.fixture(scope="session")
-def private_rabbit() -> Iterator[PrivateRabbit]:
-    with running_private_rabbit() as node:
-        yield node
+def private_rabbits() -> Iterator[dict[str, PrivateRabbit]]:
+    """One private node per engine for the whole run, started when a test first asks for that engine."""
+    nodes: dict[str, PrivateRabbit] = {}
+    try:
+        yield nodes
+    finally:
+        for node in nodes.values():
+            node.destroy()
+
+
+@pytest.fixture
+def private_rabbit(request: pytest.FixtureRequest, private_rabbits: dict[str, PrivateRabbit]) -> PrivateRabbit:
+    engine = requested_engine(request)
+    if engine not in private_rabbits:
+        node = PrivateRabbit(engine=engine)
+        try:
+            node.start()
+        except BaseException:
+            node.destroy()
+            raise
+        private_rabbits[engine] = node
+    return private_rabbits[engine]
 
 
 @pytest.fixture

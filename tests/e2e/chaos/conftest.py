@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from tests.e2e.chaos.invariant import REPORT
-from tests.e2e.conftest import REMOTE_CHAT_URLS
+from tests.e2e.conftest import REMOTE_CHAT_URLS, requested_engine
 from tests.support.procs import LocalTopology
 from tests.support.rabbit import PrivateRabbit, running_private_rabbit
 
@@ -48,9 +48,9 @@ def make_topology(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ma
 
 
 @pytest.fixture
-def dedicated_rabbit() -> Iterator[PrivateRabbit]:
+def dedicated_rabbit(request: pytest.FixtureRequest) -> Iterator[PrivateRabbit]:
     """A node for this test alone, so stopping it does not disturb the session's node."""
-    with running_private_rabbit() as node:
+    with running_private_rabbit(engine=requested_engine(request)) as node:
         yield node
 
 
