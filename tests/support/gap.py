@@ -42,7 +42,7 @@ class GapScenario:
         if sender.connections == 0:
             await sender.connect(self.sender_replica)
         client_ids = [await sender.send(f"{label} {i:02d}") for i in range(count)]
-        await sender.wait_for(lambda: all(c in sender.acks for c in client_ids))
+        await sender.wait_for(lambda: all(c in sender.acks for c in client_ids), timeout=60)
         return [sender.acks[c] for c in client_ids]
 
     async def miss_while_away(self) -> None:

@@ -32,6 +32,9 @@
     cursor: new Map(), // origin -> newest id held; Map order = recency of update
     pending: new Map(), // client_id -> {clientId, text, status, tries, el}
     historyDown: false, olderDone: false, probed: null,
+    // After an incomplete `synced` the server still owes messages older than live ones shown since: reconnects
+    // use the cursor of that connection until a sync completes, so live messages never move it past the gap.
+    connectedWith: "", gapOpen: false, gapCursor: "",
   };
 
   // ---- helpers ----------------------------------------------------------------------------------------------
@@ -126,8 +129,9 @@
     const params = { room: chat.room, coalesce: "1" };
     if (chat.name) params.name = chat.name;
     if (chat.token) params.token = chat.token;
-    const after = cursorParam();
+    const after = chat.gapOpen ? chat.gapCursor : cursorParam();
     if (after) params.after = after;
+    chat.connectedWith = after;
     const conn = ++chat.conn;
     chat.synced = false;
     chat.historyDown = false;
@@ -214,20 +218,31 @@
         onError(frame);
         break;
       case "synced":
-        onSynced();
+        onSynced(frame.complete !== false);
         break;
       default:
         break; // unknown frame types are ignored (newer server)
     }
   }
 
-  function onSynced() {
+  function onSynced(complete) {
+    if (complete) {
+      chat.gapOpen = false;
+      chat.historyDown = false;
+    } else if (!chat.gapOpen) {
+      chat.gapOpen = true;
+      chat.gapCursor = chat.connectedWith;
+    }
+    showNotice(chat.historyDown ? "History is unavailable right now: showing recent messages only. " +
+      "Missed messages will appear in place when the history service recovers." : "");
+    if (chat.synced) { // the late, complete `synced` after a backfill: its messages were inserted by id
+      probeOlder();
+      return;
+    }
     clearTimeout(chat.syncTimer);
     chat.synced = true;
     chat.attempt = 0;
     setState("live", "live");
-    showNotice(chat.historyDown ? "History is unavailable right now: showing recent messages only. " +
-      "Older messages will be back when the history service recovers." : "");
     updateEmpty();
     probeOlder();
     // Resend what was never acknowledged, with the same client_id: the server answers a repeat with its first id.
