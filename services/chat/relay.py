@@ -4,6 +4,10 @@ Per-origin order. Ids from one replica must reach every queue in id order, or a 
 message. ``publish`` therefore mints the id and enters aiormq's ``basic_publish`` in one synchronous step
 (no ``await`` in between), on one publishing channel; aiormq writes frames in lock order, which is call order.
 The consumer never requeues: a requeued message would come back out of order.
+
+Lifetime. The relay is an async context manager entered after the broker link: leaving it stops consuming and lets
+the fan-out loop hand what it already received to the clients before the link closes the connection. Its tasks live
+in the link's per-connection ``TaskGroup``; one that crashes takes the connection down and is rebuilt at reconnect.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
+from types import TracebackType
 
 import aiormq
 import structlog
@@ -23,12 +28,14 @@ from services.chat.hub import Entry, Hub
 from services.chat.metrics import ChatMetrics
 from services.chat.ring import RecentRing
 from services.common.ids import UlidGenerator
+from services.common.lifecycle import Faults, cancel_and_wait, stop_within
 from services.common.schema import ChatMessage, InvalidMessage, message_frame_from_wire
 from services.common.settings import AmqpSettings
 from services.common.topology import declare_replica_queue, declare_topology
 
 log = structlog.get_logger(__name__)
 QUEUE_POLL_INTERVAL_S = 5.0
+DRAIN_TIMEOUT_S = 5.0
 
 
 class PublishFailed(Exception):
@@ -47,6 +54,7 @@ class ChatRelay:
         origin: str,
         ids: UlidGenerator | None = None,
         on_fanout: Callable[[int], None] | None = None,
+        faults: Faults | None = None,
     ) -> None:
         self._amqp = amqp
         self._hub = hub
@@ -55,35 +63,45 @@ class ChatRelay:
         self.origin = origin
         self._ids = ids or UlidGenerator()
         self._publish_channel: aiormq.abc.AbstractChannel | None = None
-        self._consuming = False
+        self._consumer: tuple[aiormq.abc.AbstractChannel, str] | None = None
         self._inbox: list[DeliveredMessage] = []
         self._has_inbox = asyncio.Event()
+        self._draining = False
+        self._fanout: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._on_fanout = on_fanout
+        self._faults = faults or Faults()
 
     @property
     def ready(self) -> bool:
         channel = self._publish_channel
-        return self._consuming and channel is not None and not channel.is_closed
+        return self._consumer is not None and channel is not None and not channel.is_closed
 
-    async def setup(self, connection: AbstractConnection) -> list[AbstractChannel]:
+    async def __aenter__(self) -> ChatRelay:
+        self._draining = False
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.drain()
+
+    async def setup(self, connection: AbstractConnection, tasks: asyncio.TaskGroup) -> list[AbstractChannel]:
         """Run by the broker link at every (re)connect: topology, own queue, consumer, pollers."""
-        await self._stop_tasks()
         publish_channel = await connection.channel(publisher_confirms=True)
         topology = await declare_topology(publish_channel, self._amqp.exchange, self._amqp.history_queue)
         consume_channel = await connection.channel(publisher_confirms=False)
         await consume_channel.set_qos(prefetch_count=self._amqp.prefetch)
         queue = await declare_replica_queue(consume_channel, topology.exchange)
         self._inbox = []
-        self._tasks = [
-            asyncio.create_task(self._fanout_loop(), name="relay-fanout"),
-            asyncio.create_task(self._poll_history_queue(connection), name="relay-queue-poll"),
-        ]
+        self._fanout = tasks.create_task(self._fanout_loop(), name="relay-fanout")
+        self._tasks = [self._fanout, tasks.create_task(self._poll_history_queue(connection), name="relay-queue-poll")]
         # Consume on aiormq's channel: aio-pika would wrap every delivery in an IncomingMessage and a second
         # task (~30 us of Python per message), and this consumer only needs the body and the delivery tag.
         underlay = await consume_channel.get_underlay_channel()
-        await underlay.basic_consume(queue.name, self._on_delivery)
-        self._consuming = True
+        consumed = await underlay.basic_consume(queue.name, self._on_delivery)
+        assert consumed.consumer_tag is not None
+        self._consumer = (underlay, consumed.consumer_tag)
         self._publish_channel = await publish_channel.get_underlay_channel()
         self._metrics.broker_connected.set(1)
         log.info("replica queue bound", queue=queue.name, origin=self.origin)
@@ -91,9 +109,23 @@ class ChatRelay:
 
     async def on_lost(self) -> None:
         self._publish_channel = None
-        self._consuming = False
+        self._consumer = None
         self._metrics.broker_connected.set(0)
-        await self._stop_tasks()
+        tasks, self._tasks, self._fanout = self._tasks, [], None
+        await cancel_and_wait(tasks)
+
+    async def drain(self) -> None:
+        """Stop consuming, hand what was received to the clients, stop the tasks; the link closes the rest."""
+        self._draining = True
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            channel, tag = consumer
+            with contextlib.suppress(Exception):  # a closed channel has no consumer left to cancel
+                await channel.basic_cancel(tag)
+        self._has_inbox.set()
+        if self._fanout is not None:
+            await stop_within(self._fanout, DRAIN_TIMEOUT_S, "relay fan-out")
+        await cancel_and_wait([task for task in self._tasks if not task.done()])
 
     async def publish(self, room: str, author: str | None, text: str, client_id: str | None) -> ChatMessage:
         """Publish persistently with a confirm; return the accepted message or raise PublishFailed."""
@@ -151,9 +183,14 @@ class ChatRelay:
 
     async def _fanout_loop(self) -> None:
         while True:
-            await self._has_inbox.wait()
+            if not self._inbox:
+                if self._draining:
+                    return
+                self._has_inbox.clear()
+                await self._has_inbox.wait()
+                continue
             batch, self._inbox = self._inbox, []
-            self._has_inbox.clear()
+            self._faults.crash("chat.fanout")
             items = self._decode(batch)
             for message, frame in items:
                 self._ring.add(message, frame)
@@ -198,12 +235,3 @@ class ChatRelay:
                 log.warning("history queue poll failed", error=repr(exc)[:200])
                 channel = None
             await asyncio.sleep(QUEUE_POLL_INTERVAL_S)
-
-    async def _stop_tasks(self) -> None:
-        tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-

@@ -1,8 +1,16 @@
-"""A chat replica's parts, owned together: hub, ring, relay, broker link, history client, limits."""
+"""A chat replica's parts, owned together: hub, ring, relay, broker link, history client, limits.
+
+``open`` enters the long-lived parts into the lifespan's exit stack; they leave in reverse: clients are closed
+with 1012 (they resume elsewhere), the relay stops consuming and fans out what it holds, the link closes the
+connection, the history client closes its pool.
+"""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from types import TracebackType
 
 import structlog
 
@@ -18,10 +26,12 @@ from services.chat.sync import BacklogSync
 from services.common.amqp import BrokerLink
 from services.common.auth import TokenVerifier
 from services.common.ids import new_origin
+from services.common.lifecycle import Faults, OnFatal, Supervisor
 from services.common.schema import SendRequest
 
 log = structlog.get_logger(__name__)
 CLOSE_SERVICE_RESTART = 1012
+CLIENTS_CLOSE_TIMEOUT_S = 5.0
 
 
 class ChatService:
@@ -50,28 +60,46 @@ class ChatService:
             self.history, self.ring, config.chat.recovery_window_ms, config.chat.history_on_connect
         )
         self.origin = ""
+        self.supervisor: Supervisor | None = None
         self.relay: ChatRelay | None = None
         self.link: BrokerLink | None = None
+        self._stack: AsyncExitStack | None = None
 
-    async def start(self) -> None:
+    async def open(self, stack: AsyncExitStack, on_fatal: OnFatal | None = None) -> None:
+        """Enter the replica's long-lived parts into ``stack``, in the order that lets them leave cleanly."""
         # The origin is made when the process starts serving (after any fork), new at every start.
         self.origin = new_origin()
-        self.relay = ChatRelay(self.config.amqp, self.hub, self.ring, self.metrics, self.origin)
-        self.link = BrokerLink(self.config.amqp, f"durable-chat-{self.origin}", self.relay.setup, self._on_lost)
         structlog.contextvars.bind_contextvars(origin=self.origin)
         if not self.verifier.enabled:
             log.warning("anonymous mode: set CHAT_AUTH_SECRET or CHAT_AUTH_PUBLIC_KEY to require tokens")
-        self.link.start()
+        stack.push_async_callback(self.history.aclose)
+        self.supervisor = await stack.enter_async_context(Supervisor("chat", on_fatal))
+        relay = ChatRelay(self.config.amqp, self.hub, self.ring, self.metrics, self.origin, faults=Faults.from_env())
+        self.relay = relay
+        link = BrokerLink(self.config.amqp, f"durable-chat-{self.origin}", relay.setup, self.supervisor, self._on_lost)
+        self.link = await stack.enter_async_context(link)
+        await stack.enter_async_context(relay)
+        await stack.enter_async_context(self._clients())
 
-    async def stop(self) -> None:
-        self._close_all(CLOSE_SERVICE_RESTART, "server shutting down")
-        if self.link is not None:
-            await self.link.stop()
-        await self.history.aclose()
+    async def __aenter__(self) -> ChatService:
+        async with AsyncExitStack() as stack:
+            await self.open(stack)
+            self._stack = stack.pop_all()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            await stack.aclose()
 
     @property
     def ready(self) -> bool:
-        return self.link is not None and self.link.ready and self.relay is not None and self.relay.ready
+        return (
+            self.supervisor is not None and self.supervisor.failure is None
+            and self.link is not None and self.link.ready and self.relay is not None and self.relay.ready
+        )
 
     async def accept(self, room: str, author: str | None, request: SendRequest) -> str:
         """Publish a client message, or answer a resend of a confirmed client_id with its first id."""
@@ -101,6 +129,18 @@ class ChatService:
         if self.relay is not None:
             await self.relay.on_lost()
         self._close_all(CLOSE_SERVICE_RESTART, "broker connection lost")
+
+    @asynccontextmanager
+    async def _clients(self) -> AsyncIterator[None]:
+        """At exit, close every client with 1012 and give their sockets a moment to finish."""
+        try:
+            yield
+        finally:
+            self._close_all(CLOSE_SERVICE_RESTART, "server shutting down")
+            deadline = asyncio.get_running_loop().time() + CLIENTS_CLOSE_TIMEOUT_S
+            # The hub signals no "empty" event; a bounded poll at shutdown costs nothing.
+            while len(self.hub) and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
 
     def _close_all(self, code: int, reason: str) -> None:
         subscribers = self.hub.subscribers()

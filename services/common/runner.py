@@ -31,18 +31,40 @@ def serve(
     if metrics_port:
         start_http_server(metrics_port, addr=host, registry=app.state.service.metrics.registry)
     log.info("starting", host=host, port=port, metrics_port=metrics_port or port)
-    uvicorn.run(
-        app,
-        host=host,
-        port=port,
-        loop="uvloop",  # explicit: the benchmarks assume it, and an extras change must not drop it silently
-        ws="websockets-sansio",
-        ws_max_size=65536,
-        ws_per_message_deflate=False,
-        lifespan="on",
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=math.ceil(grace_s),
-        proxy_headers=False,
-        server_header=False,
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            loop="uvloop",  # explicit: the benchmarks assume it, and an extras change must not drop it silently
+            ws="websockets-sansio",
+            ws_max_size=65536,
+            ws_per_message_deflate=False,
+            lifespan="on",
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=math.ceil(grace_s),
+            proxy_headers=False,
+            server_header=False,
+        )
     )
+    fatal: list[BaseException] = []
+
+    def on_fatal(exc: BaseException) -> None:
+        # A part gave up: stop like on SIGTERM (drain, close), then exit non-zero so that the pod restarts.
+        fatal.append(exc)
+        server.should_exit = True
+
+    app.state.on_fatal = on_fatal
+    server.run()
+    raise SystemExit(_exit_code(server, fatal))
+
+
+def _exit_code(server: uvicorn.Server, fatal: list[BaseException]) -> int:
+    if not server.started:
+        return 3  # uvicorn's own code for a failed startup
+    lifespan = server.lifespan
+    if fatal or getattr(lifespan, "shutdown_failed", False) or getattr(lifespan, "error_occurred", False):
+        log.error("exiting non-zero", fatal=[repr(exc)[:200] for exc in fatal])
+        return 1
+    return 0

@@ -1,39 +1,65 @@
-"""The history service's parts, owned together: store, consumer, broker link."""
+"""The history service's parts, owned together: store, broker link, consumer.
+
+``open`` enters them into the lifespan's exit stack in that order; they leave in reverse: the consumer stops
+taking deliveries and writes and acks what it holds, the link closes the connection, and the store closes its
+database on its own thread once every call before it is done.
+"""
 
 from __future__ import annotations
 
-import asyncio
+from contextlib import AsyncExitStack
+from types import TracebackType
 
 import structlog
 
 from services.common.amqp import BrokerLink
 from services.common.auth import TokenVerifier
+from services.common.lifecycle import Faults, OnFatal, Supervisor
 from services.history.consumer import HistoryConsumer
 from services.history.metrics import HistoryMetrics
 from services.history.settings import HistoryConfig
-from services.history.store import MessageStore
+from services.history.store import ThreadedStore
 
 log = structlog.get_logger(__name__)
 
 
 class HistoryService:
     def __init__(self, config: HistoryConfig, metrics: HistoryMetrics | None = None) -> None:
+        self.config = config
         self.settings = config.history
         self.metrics = metrics or HistoryMetrics.create()
         self.verifier = TokenVerifier(config.history.auth_secret, config.history.auth_public_key)
-        self.store = MessageStore(config.history.data_dir)
-        self.consumer = HistoryConsumer(self.store, config.history, config.amqp, self.metrics)
-        self.link = BrokerLink(config.amqp, "durable-chat-history", self.consumer.setup, self._on_lost)
+        faults = Faults.from_env()
+        self.store = ThreadedStore(config.history.data_dir, faults.delay_s("history.write"))
+        self.consumer = HistoryConsumer(self.store, config.history, config.amqp, self.metrics, faults)
+        self.supervisor = Supervisor("history")
+        self.link: BrokerLink | None = None
+        self._stack: AsyncExitStack | None = None
 
-    async def start(self) -> None:
+    async def open(self, stack: AsyncExitStack, on_fatal: OnFatal | None = None) -> None:
+        """Enter the service's long-lived parts into ``stack``, in the order that lets them leave cleanly."""
         if not self.verifier.enabled:
             log.warning("anonymous mode: set HISTORY_AUTH_SECRET or HISTORY_AUTH_PUBLIC_KEY to require tokens")
-        self.link.start()
+        self.supervisor = await stack.enter_async_context(Supervisor("history", on_fatal))
+        await stack.enter_async_context(self.store)
+        link = BrokerLink(
+            self.config.amqp, "durable-chat-history", self.consumer.setup, self.supervisor, self._on_lost
+        )
+        self.link = await stack.enter_async_context(link)
+        await stack.enter_async_context(self.consumer)
 
-    async def stop(self) -> None:
-        await self.consumer.shutdown()
-        await self.link.stop()
-        await asyncio.to_thread(self.store.close)
+    async def __aenter__(self) -> HistoryService:
+        async with AsyncExitStack() as stack:
+            await self.open(stack)
+            self._stack = stack.pop_all()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            await stack.aclose()
 
     async def _on_lost(self) -> None:
         self.metrics.broker_connected.set(0)
@@ -41,11 +67,13 @@ class HistoryService:
 
     def readiness_problems(self) -> list[str]:
         problems = []
+        if self.supervisor.failure is not None:
+            problems.append(f"failed: {self.supervisor.failure}")
         if self.store.closed:
             problems.append("database closed")
         if self.consumer.storage_failed:
             problems.append("database not writable")
-        if not self.link.ready:
+        if self.link is None or not self.link.ready:
             problems.append("broker not connected")
         elif not self.consumer.consuming:
             problems.append("consumer not attached")

@@ -1,15 +1,25 @@
 """LevelDB storage: messages keyed by (room, id), and an idempotency index keyed by (room, author, client_id).
 
 Writes are idempotent: a message whose id is stored, or whose (room, author, client_id) already names another
-stored id, is dropped. One writer (the consumer) calls ``write``, so check-then-write needs no lock. Calls are
-blocking; the service runs them in a worker thread.
+stored id, is dropped. One writer (the consumer) calls ``write``, so check-then-write needs no lock.
+
+``MessageStore`` is blocking and not thread-safe: plyvel frees an iterator when its database closes, and a reopen
+while another thread iterates crashes the process (segfault). The service therefore only uses ``ThreadedStore``,
+which opens the database in the lifespan and runs every call, reads included, on one thread of its own: a reopen
+or close waits for the read before it, and a caller that gives up (a cancelled request) never frees what that
+thread is using.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from types import TracebackType
+from typing import TypeVar
 
 import plyvel
 
@@ -20,6 +30,7 @@ _CLIENT_KEY = b"k\x00"
 _PROBE_KEY = b"probe"
 _SEP = b"\x00"
 _ID_AFTER_ALL = b"\xff"
+T = TypeVar("T")
 
 
 def _room_prefix(room: str) -> bytes:
@@ -138,3 +149,77 @@ class MessageStore:
     def get_many(self, room: str, ids: Sequence[str]) -> list[bytes]:
         bodies = (self._db.get(_message_key(room, msg_id)) for msg_id in sorted(set(ids)))
         return [body for body in bodies if body is not None]
+
+
+class StoreClosed(RuntimeError):
+    """The store is not open (before the lifespan opened it, or after it closed)."""
+
+
+class ThreadedStore:
+    """The service's store: an async context manager that owns the LevelDB handle and the one thread using it.
+
+    ``write_delay_s`` (tests only, ``history.write.delay_s`` in ``DURABLE_CHAT_TEST_FAULTS``) makes each batch
+    write sleep first on that thread, like a slow disk.
+    """
+
+    def __init__(self, path: str, write_delay_s: float = 0.0) -> None:
+        self._path = path
+        self._write_delay_s = write_delay_s
+        self._store: MessageStore | None = None
+        self._executor: ThreadPoolExecutor | None = None
+
+    @property
+    def closed(self) -> bool:
+        return self._store is None or self._store.closed
+
+    async def __aenter__(self) -> ThreadedStore:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="leveldb")
+        try:
+            self._store = await self._on_thread(MessageStore, self._path)
+        except BaseException:
+            self._executor.shutdown(wait=False)
+            self._executor = None
+            raise
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        executor, store = self._executor, self._store
+        if executor is None or store is None:
+            return
+        self._store = None
+        # Queued behind every call already submitted, so nothing is using the handle when it closes.
+        await asyncio.get_running_loop().run_in_executor(executor, store.close)
+        self._executor = None
+        await asyncio.to_thread(executor.shutdown, wait=True)
+
+    async def write(self, messages: Sequence[tuple[ChatMessage, bytes]]) -> WriteResult:
+        return await self._on_thread(self._slow_write, messages)
+
+    async def probe(self) -> None:
+        await self._on_thread(self._open().probe)
+
+    async def reopen(self) -> None:
+        await self._on_thread(self._open().reopen)
+
+    async def page(self, query: PageQuery) -> list[bytes]:
+        return await self._on_thread(self._open().page, query)
+
+    async def get_many(self, room: str, ids: Sequence[str]) -> list[bytes]:
+        return await self._on_thread(self._open().get_many, room, ids)
+
+    def _slow_write(self, messages: Sequence[tuple[ChatMessage, bytes]]) -> WriteResult:
+        if self._write_delay_s:
+            time.sleep(self._write_delay_s)
+        return self._open().write(messages)
+
+    def _open(self) -> MessageStore:
+        if self._store is None:
+            raise StoreClosed("the store is closed")
+        return self._store
+
+    async def _on_thread(self, call: Callable[..., T], *args: object) -> T:
+        if self._executor is None:
+            raise StoreClosed("the store is closed")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call, *args)

@@ -56,8 +56,17 @@ async def wait_until(predicate, timeout: float = 20) -> None:  # type: ignore[no
         await asyncio.sleep(0.05)
 
 
-def stored(service: HistoryService) -> list[dict[str, object]]:
-    return [orjson.loads(b) for b in service.store.page(PageQuery(room="room", limit=1000))]
+async def stored(service: HistoryService) -> list[dict[str, object]]:
+    return [orjson.loads(b) for b in await service.store.page(PageQuery(room="room", limit=1000))]
+
+
+async def wait_stored(service: HistoryService, count: int) -> list[dict[str, object]]:
+    for _ in range(400):
+        messages = await stored(service)
+        if len(messages) >= count and not service.readiness_problems():
+            return messages
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{count} messages not stored in time")
 
 
 async def test_what_was_published_before_history_ever_ran_is_stored_once(amqp_url: str, tmp_path: Path) -> None:
@@ -67,15 +76,11 @@ async def test_what_was_published_before_history_ever_ran_is_stored_once(amqp_ur
     bodies = [first.to_wire(), first.to_wire(), resend_new_id.to_wire()] + [m.to_wire() for m in plain]
     await publish(amqp_url, bodies + [b"not json", b'{"v":1,"id":"bad"}'])
 
-    service = HistoryService(config(amqp_url, tmp_path))
-    await service.start()
-    try:
-        await wait_until(lambda: len(stored(service)) == 51 and not service.readiness_problems())
+    async with HistoryService(config(amqp_url, tmp_path)) as service:
+        await wait_stored(service, 51)
         await wait_until(lambda: service.metrics.dead_lettered._value.get() == 2)
-        assert [m["id"] for m in stored(service)] == sorted([first.id] + [m.id for m in plain])
+        assert [m["id"] for m in await stored(service)] == sorted([first.id] + [m.id for m in plain])
         assert service.metrics.duplicates.labels(key="id")._value.get() == 1
         assert service.metrics.duplicates.labels(key="client_id")._value.get() == 1
-    finally:
-        await service.stop()
     assert await queue_depth(amqp_url, "chat.history") == 0
     assert await queue_depth(amqp_url, DEAD_LETTER_QUEUE) == 2
