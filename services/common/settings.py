@@ -12,6 +12,8 @@ from typing import Literal, TypeVar
 from pydantic import AnyUrl, BaseModel, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.common.brokers import split_urls
+
 SettingsT = TypeVar("SettingsT", bound=BaseSettings)
 
 
@@ -26,7 +28,10 @@ class AmqpSettings(BaseSettings):
 
     url: str = Field(
         default="amqp://guest:guest@127.0.0.1:5672/",
-        description="Broker URL, credentials included (kept in a Secret by the chart).",
+        description=(
+            "Broker URL, credentials included (kept in a Secret by the chart); a comma-separated list for a "
+            "cluster's nodes, tried from a random one, then in turn."
+        ),
     )
     exchange: str = Field(default="chat", min_length=1, description="Durable fanout exchange.")
     history_queue: str = Field(
@@ -43,10 +48,19 @@ class AmqpSettings(BaseSettings):
 
     @field_validator("url")
     @classmethod
-    def _amqp_scheme(cls, value: str) -> str:
-        parsed = AnyUrl(value)
-        if parsed.scheme not in ("amqp", "amqps"):
-            raise ValueError("must be an amqp:// or amqps:// URL")
+    def _amqp_urls(cls, value: str) -> str:
+        urls = split_urls(value)
+        if not urls:
+            raise ValueError("must be an amqp:// or amqps:// URL, or a comma-separated list of them")
+        for position, url in enumerate(urls, 1):
+            # The message names the entry by position: the URL itself holds credentials.
+            where = f"entry {position} of {len(urls)}" if len(urls) > 1 else "the URL"
+            try:
+                scheme = AnyUrl(url).scheme
+            except ValidationError:
+                raise ValueError(f"{where} is not a URL") from None
+            if scheme not in ("amqp", "amqps"):
+                raise ValueError(f"{where} must be an amqp:// or amqps:// URL")
         return value
 
 
