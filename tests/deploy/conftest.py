@@ -90,22 +90,29 @@ class Renderer:
         self.helm = helm
         self._cache: dict[tuple[str, tuple[str, ...], tuple[str, ...]], str] = {}
 
-    def args(self, release: str, values: tuple[str, ...], sets: tuple[str, ...]) -> list[str]:
+    def args(self, release: str, values: tuple[str, ...], sets: tuple[str, ...], kube_version: str = "") -> list[str]:
         args = [self.helm, "template", release, str(CHART), "--namespace", "chat"]
         for path in values:
             args += ["-f", path]
         for item in sets:
             args += ["--set", item]
+        if kube_version:
+            args += ["--kube-version", kube_version]
         return args
 
-    def text(self, values: tuple[str, ...] = (), sets: tuple[str, ...] = (), release: str = "r1") -> str:
-        key = (release, values, sets)
+    def text(
+        self, values: tuple[str, ...] = (), sets: tuple[str, ...] = (), release: str = "r1", kube_version: str = ""
+    ) -> str:
+        """`kube_version` renders as `helm install` would on a cluster of that version ("" = Helm's current)."""
+        key = (release, values, sets + (kube_version,))
         if key not in self._cache:
-            self._cache[key] = run(self.args(release, values, sets)).stdout
+            self._cache[key] = run(self.args(release, values, sets, kube_version)).stdout
         return self._cache[key]
 
-    def docs(self, values: tuple[str, ...] = (), sets: tuple[str, ...] = (), release: str = "r1") -> list[Doc]:
-        return load_docs(self.text(values, sets, release))
+    def docs(
+        self, values: tuple[str, ...] = (), sets: tuple[str, ...] = (), release: str = "r1", kube_version: str = ""
+    ) -> list[Doc]:
+        return load_docs(self.text(values, sets, release, kube_version))
 
     def fails(self, values: tuple[str, ...] = (), sets: tuple[str, ...] = ()) -> str:
         result = run(self.args("r1", values, sets), check=False)
@@ -183,7 +190,7 @@ class Validation:
         return mine
 
 
-CRD_API_GROUPS = ("monitoring.coreos.com/", "rabbitmq.com/")
+CRD_API_GROUPS = ("monitoring.coreos.com/", "rabbitmq.com/", "gateway.networking.k8s.io/")
 
 
 def core_objects(docs: list[Doc]) -> list[Doc]:

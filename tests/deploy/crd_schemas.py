@@ -1,8 +1,9 @@
 """Subsets of the published CRD schemas of the custom resources the chart renders, written from their reference
 docs (prometheus-operator `monitoring.coreos.com/v1` PodMonitor and PrometheusRule; RabbitMQ Cluster Operator
-`rabbitmq.com/v1beta1` RabbitmqCluster). They check apiVersion/kind, the required fields, and the type of every field
-the chart sets; `additionalProperties: false` on the parts the chart fills catches typos. Not the full schemas:
-kubernetes-validate has no CRDs and the full definitions are not vendored here."""
+`rabbitmq.com/v1beta1` RabbitmqCluster; Gateway API `gateway.networking.k8s.io/v1` HTTPRoute, standard channel
+v1.2+, with the patterns and limits of its CRD). They check apiVersion/kind, the required fields, and the type of
+every field the chart sets; `additionalProperties: false` on the parts the chart fills catches typos. Not the full
+schemas: kubernetes-validate has no CRDs and the full definitions are not vendored here."""
 
 from __future__ import annotations
 
@@ -148,8 +149,69 @@ RABBITMQ_CLUSTER = _object("rabbitmq.com/v1beta1", "RabbitmqCluster", {
     },
 })
 
+_DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+_GW_NAME = {"type": "string", "minLength": 1, "maxLength": 253, "pattern": _DNS_SUBDOMAIN}
+_GW_SECTION = _GW_NAME
+_GW_NAMESPACE = {"type": "string", "minLength": 1, "maxLength": 63, "pattern": r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"}
+_GW_PORT = {"type": "integer", "minimum": 1, "maximum": 65535}
+_GW_DURATION = {"type": "string", "pattern": r"^([0-9]{1,5}(h|m|s|ms)){1,4}$"}
+_GW_HOSTNAME = {
+    "type": "string", "minLength": 1, "maxLength": 253,
+    "pattern": r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",
+}
+HTTP_ROUTE = _object("gateway.networking.k8s.io/v1", "HTTPRoute", {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "parentRefs": {
+            "type": "array", "maxItems": 32,
+            "items": {
+                "type": "object", "required": ["name"], "additionalProperties": False,
+                "properties": {"group": {"type": "string", "maxLength": 253},
+                               "kind": {"type": "string", "maxLength": 63}, "namespace": _GW_NAMESPACE,
+                               "name": _GW_NAME, "sectionName": _GW_SECTION,
+                               "port": _GW_PORT},
+            },
+        },
+        "hostnames": {"type": "array", "maxItems": 16, "items": _GW_HOSTNAME},
+        "rules": {
+            "type": "array", "minItems": 1, "maxItems": 16,
+            "items": {
+                "type": "object", "additionalProperties": False,
+                "properties": {
+                    "matches": {
+                        "type": "array", "maxItems": 64,
+                        "items": {
+                            "type": "object", "additionalProperties": False,
+                            "properties": {"path": {
+                                "type": "object", "additionalProperties": False,
+                                "properties": {"type": {"enum": ["Exact", "PathPrefix", "RegularExpression"]},
+                                               "value": {"type": "string", "maxLength": 1024, "pattern": "^/"}},
+                            }},
+                        },
+                    },
+                    "backendRefs": {
+                        "type": "array", "maxItems": 16,
+                        "items": {
+                            "type": "object", "required": ["name"], "additionalProperties": False,
+                            # A Service backend needs a port (the CRD's CEL rule).
+                            "if": {"not": {"required": ["kind"]}}, "then": {"required": ["name", "port"]},
+                            "properties": {"group": {"type": "string"}, "kind": {"type": "string"},
+                                           "name": _GW_NAME, "namespace": _GW_NAMESPACE, "port": _GW_PORT,
+                                           "weight": {"type": "integer", "minimum": 0, "maximum": 1000000}},
+                        },
+                    },
+                    "timeouts": {"type": "object", "additionalProperties": False,
+                                 "properties": {"request": _GW_DURATION, "backendRequest": _GW_DURATION}},
+                },
+            },
+        },
+    },
+})
+
 CRD_SCHEMAS = {
     ("monitoring.coreos.com/v1", "PodMonitor"): POD_MONITOR,
     ("monitoring.coreos.com/v1", "PrometheusRule"): PROMETHEUS_RULE,
     ("rabbitmq.com/v1beta1", "RabbitmqCluster"): RABBITMQ_CLUSTER,
+    ("gateway.networking.k8s.io/v1", "HTTPRoute"): HTTP_ROUTE,
 }

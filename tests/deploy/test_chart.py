@@ -64,8 +64,8 @@ def test_all_features_render_every_optional_object(render: Renderer) -> None:
     docs = render.docs((str(CHART / "ci" / "all-features-on-values.yaml"),))
     assert kinds(docs) >= {
         "Deployment", "StatefulSet", "Service", "ConfigMap", "Secret", "ServiceAccount", "PodDisruptionBudget",
-        "HorizontalPodAutoscaler", "Ingress", "NetworkPolicy", "PodMonitor", "PrometheusRule", "RabbitmqCluster",
-        "Pod",
+        "HorizontalPodAutoscaler", "Ingress", "HTTPRoute", "NetworkPolicy", "PodMonitor", "PrometheusRule",
+        "RabbitmqCluster", "Pod",
     }
 
 

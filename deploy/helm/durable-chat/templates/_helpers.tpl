@@ -234,3 +234,23 @@ expansion; the RABBITMQ_DEFAULT_USER_* variables exist only for that expansion.
     - namespaceSelector: {}
     {{- end }}
 {{- end }}
+
+{{/*
+API versions and fields by what the cluster serves. `helm install` sees the cluster's own API versions
+(.Capabilities.APIVersions) and version; `helm template` sees Helm's current defaults unless given --kube-version
+or --api-versions. Kubernetes 1.20 (the offline kind node of tests/e2e/kind) lacks policy/v1 (1.21) and
+autoscaling/v2 (1.23); fields newer than the cluster are left out, since Helm validates against the server's schema.
+*/}}
+{{- define "durable-chat.servesApi" -}}
+{{- if and (.ctx.Capabilities.APIVersions.Has .api) (semverCompare (printf ">=%s-0" .since) .ctx.Capabilities.KubeVersion.Version) }}true{{ end }}
+{{- end }}
+{{- define "durable-chat.pdb.apiVersion" -}}
+{{- if include "durable-chat.servesApi" (dict "ctx" . "api" "policy/v1" "since" "1.21") }}policy/v1{{ else }}policy/v1beta1{{ end }}
+{{- end }}
+{{- define "durable-chat.hpa.apiVersion" -}}
+{{- if include "durable-chat.servesApi" (dict "ctx" . "api" "autoscaling/v2" "since" "1.23") }}autoscaling/v2{{ else }}autoscaling/v2beta2{{ end }}
+{{- end }}
+{{/* PDB unhealthyPodEvictionPolicy and StatefulSet persistentVolumeClaimRetentionPolicy: on by default from 1.27. */}}
+{{- define "durable-chat.hasFieldsOf127" -}}
+{{- if semverCompare ">=1.27-0" .Capabilities.KubeVersion.Version }}true{{ end }}
+{{- end }}
