@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 
 import orjson
 import structlog
@@ -94,6 +97,8 @@ async def chat_socket(websocket: WebSocket) -> None:
     address = service.client_address.resolve(
         websocket.client.host if websocket.client else None, websocket.headers.get("x-forwarded-for")
     )
+    # Every log line of this connection (its own task) carries which connection and which client it was.
+    structlog.contextvars.bind_contextvars(conn=secrets.token_hex(4), client=address)
     await websocket.accept()
     if not service.connections.acquire(address):
         await _refuse(websocket, service, Refused("rate_limited", "too many connections from this address"))
@@ -156,6 +161,13 @@ async def _backfill(service: ChatService, subscriber: Subscriber, gap: Gap, toke
 
 
 async def _receive_loop(websocket: WebSocket, service: ChatService, session: Session, subscriber: Subscriber) -> None:
+    try:
+        await _receive_frames(websocket, service, session, subscriber)
+    finally:
+        _log_suppressed_refusals(session.room)
+
+
+async def _receive_frames(websocket: WebSocket, service: ChatService, session: Session, subscriber: Subscriber) -> None:
     settings = service.settings
     bucket = TokenBucket(settings.rate_limit_per_s, settings.rate_limit_burst)
     while not subscriber.closed:
@@ -181,9 +193,46 @@ async def _receive_loop(websocket: WebSocket, service: ChatService, session: Ses
         subscriber.push(orjson.dumps({"type": "ack", "client_id": request.client_id, "id": message_id}).decode())
 
 
+# Refusals logged per connection; past this a flood is only counted, then summed up in one line when it closes.
+REFUSAL_LOG_CAP = 10
+
+
+@dataclass
+class _Refusals:
+    logged: int = 0
+    suppressed: Counter[str] = field(default_factory=Counter)
+
+
+# Per connection: the WebSocket handler runs in a task of its own, so a value set there is that connection's.
+_refusals: ContextVar[_Refusals | None] = ContextVar("refusals", default=None)
+
+
 def _reply_error(service: ChatService, subscriber: Subscriber, error: FrameError) -> None:
     service.metrics.errors.labels(code=error.code).inc()
+    _log_refusal(subscriber.room, error)
     subscriber.push(error_frame(error.code, error.detail, error.client_id))
+
+
+def _log_refusal(room: str, error: FrameError) -> None:
+    refusals = _refusals.get()
+    if refusals is None:
+        refusals = _Refusals()
+        _refusals.set(refusals)
+    if refusals.logged >= REFUSAL_LOG_CAP:
+        refusals.suppressed[error.code] += 1
+        return
+    refusals.logged += 1
+    capped = {"further": "counted, logged in one line at close"} if refusals.logged == REFUSAL_LOG_CAP else {}
+    log.info(
+        "frame refused", code=error.code, room=room, client_id=error.client_id, detail=error.detail[:200], **capped
+    )
+
+
+def _log_suppressed_refusals(room: str) -> None:
+    refusals = _refusals.get()
+    if refusals is not None and refusals.suppressed:
+        counts = dict(refusals.suppressed)
+        log.info("frame refusals not logged", room=room, count=sum(counts.values()), codes=counts)
 
 
 async def _refuse(websocket: WebSocket, service: ChatService, refused: Refused) -> None:

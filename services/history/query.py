@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from services.common.ids import is_ulid
 from services.common.schema import MAX_CURSOR_IDS, valid_room
@@ -19,6 +19,19 @@ class QueryError(ValueError):
         self.detail = detail
 
 
+def single_values(items: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """The query as name -> value, refusing a name given twice (which of `limit=1&limit=2` would be meant?)."""
+    params: dict[str, str] = {}
+    repeated = set()
+    for name, value in items:
+        if name in params:
+            repeated.add(name)
+        params[name] = value
+    if repeated:
+        raise QueryError("bad_parameter", f"parameter(s) given more than once: {', '.join(sorted(repeated))[:200]}")
+    return params
+
+
 def parse_page_query(room: str, params: Mapping[str, str], max_page: int) -> PageQuery:
     if not valid_room(room):
         raise QueryError("bad_room", "room must match [A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
@@ -33,9 +46,9 @@ def parse_page_query(room: str, params: Mapping[str, str], max_page: int) -> Pag
     if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= max_page:
         raise QueryError("bad_limit", f"limit must be an integer from 1 to {max_page}")
     latest = params.get("latest", "0")
-    if latest not in ("0", "1", "true", "false"):
+    if latest not in ("0", "1"):
         raise QueryError("bad_parameter", "latest must be 0 or 1")
-    return PageQuery(room=room, limit=int(raw_limit), after=after, before=before, latest=latest in ("1", "true"))
+    return PageQuery(room=room, limit=int(raw_limit), after=after, before=before, latest=latest == "1")
 
 
 def parse_ids(raw: str) -> list[str]:
