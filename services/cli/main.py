@@ -31,7 +31,7 @@ from services.common.schema import MAX_CURSOR_IDS, ROOM_RE
 DEFAULT_URL = "http://127.0.0.1:8000"
 OK, REFUSED, USAGE, UNREACHABLE, INTERRUPTED = 0, 1, 2, 3, 130
 RETRYABLE = frozenset({"publish_failed", "rate_limited"})
-BACKOFF_BASE_S = 0.25
+BACKOFF_BASE_S = 0.5
 BACKOFF_MAX_S = 10.0
 SEEN_MAX = 200_000
 Frame = dict[str, Any]
@@ -79,9 +79,13 @@ class Service:
 
 
 def backoff(attempt: int) -> float:
-    """Exponential backoff with jitter: half fixed, half random."""
-    ceiling = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2.0**attempt)
-    return ceiling / 2 + random.random() * ceiling / 2
+    """Exponential backoff with full jitter: anywhere from 0 to the ceiling.
+
+    After a mass close (a rolling restart's 1012, a broker loss) every client starts its schedule at the same
+    instant; only a delay drawn over the whole interval spreads their reconnects out instead of moving the
+    storm by a fixed amount.
+    """
+    return random.uniform(0, min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2.0**attempt))
 
 
 async def frames(ws: ClientConnection) -> AsyncIterator[Frame]:

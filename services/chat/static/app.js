@@ -185,9 +185,10 @@
   }
 
   function scheduleReconnect(why) {
-    // Exponential backoff with jitter: half fixed, half random, so that a crowd of pages does not return at once.
+    // Exponential backoff with full jitter: after a mass close (rolling restart, broker loss) every page starts
+    // its schedule at once, and only a delay drawn over the whole interval spreads their returns out.
     const ceiling = Math.min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * 2 ** chat.attempt);
-    const delay = ceiling / 2 + Math.random() * (ceiling / 2);
+    const delay = Math.random() * ceiling;
     chat.attempt += 1;
     chat.retryAt = Date.now() + delay;
     chat.retryTimer = setTimeout(connect, delay);
