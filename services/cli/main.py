@@ -100,6 +100,20 @@ async def frames(ws: ClientConnection) -> AsyncIterator[Frame]:
                     yield frame
 
 
+def describe_close(code: int | None, reason: str) -> str:
+    return f"{code} {reason}".strip() if code is not None else "no close code"
+
+
+def close_report(exc: websockets.exceptions.ConnectionClosed) -> str:
+    """Who closed the connection, with which code and reason: the server's close frame if it spoke first,
+    else ours (1009 when a frame was over our size limit), else that it dropped without a close frame."""
+    if exc.rcvd is not None and (exc.sent is None or exc.rcvd_then_sent):
+        return f"closed by the server ({describe_close(exc.rcvd.code, exc.rcvd.reason)})"
+    if exc.sent is not None:
+        return f"closed by this client ({describe_close(exc.sent.code, exc.sent.reason)})"
+    return "connection lost (no close frame)"
+
+
 def check_policy_close(exc: websockets.exceptions.ConnectionClosed) -> None:
     if exc.rcvd is not None and exc.rcvd.code == 1008:
         raise Refused(f"connection refused by the server: {exc.rcvd.reason or 'policy'}")
@@ -244,7 +258,7 @@ async def cmd_send(service: Service, args: argparse.Namespace) -> int:
                         printed = await _send_over(ws, connection, items, printed, args.window)
                 except websockets.exceptions.ConnectionClosed as exc:
                     check_policy_close(exc)
-                    note(f"connection closed ({exc.rcvd.code if exc.rcvd else 'no close frame'}); resending")
+                    note(f"{close_report(exc)}; resending")
                 except (OSError, websockets.exceptions.WebSocketException, TimeoutError) as exc:
                     note(f"cannot reach {service.urls[(service.turn - 1) % len(service.urls)]}: {exc}")
                 if not all(item.done for item in items):
@@ -372,14 +386,14 @@ async def cmd_tail(service: Service, args: argparse.Namespace) -> int:
                             note("history is unavailable: showing recent messages; the rest follows when it returns")
                         else:
                             note(f"{frame.get('code')}: {frame.get('detail', '')}")
-            note("connection closed by the server; resuming")
+            note(f"closed by the server ({describe_close(ws.close_code, ws.close_reason or '')}); resuming")
         except websockets.exceptions.ConnectionClosed as exc:
             try:
                 check_policy_close(exc)
             except Refused as refused:
                 note(str(refused))
                 return REFUSED
-            note(f"connection lost ({exc.rcvd.code if exc.rcvd else 'no close frame'}); resuming")
+            note(f"{close_report(exc)}; resuming")
         except (OSError, websockets.exceptions.WebSocketException, TimeoutError) as exc:
             note(f"cannot connect: {exc}")
         delay = backoff(attempt)
