@@ -2,6 +2,9 @@
 
 Exit codes: 0 done; 1 refused by the server (an `error` frame, a 4xx, a policy close); 2 bad usage;
 3 the service could not be reached or did not answer in time; 130 interrupted.
+
+A service that has never answered is not retried: a wrong URL or a stopped service exits 3 at once, with a hint
+(`--wait SECONDS` keeps trying for that long). Once it has answered, lost connections are retried as before.
 """
 
 from __future__ import annotations
@@ -52,6 +55,26 @@ class Service:
     token: str | None
     name: str | None
     turn: int = 0
+    wait_s: float = 0.0  # how long to keep trying while the service has never answered
+    reached: bool = False
+    started: float = field(default_factory=time.monotonic)
+    misses: int = 0
+
+    def gives_up(self) -> bool:
+        """After a failed attempt: True while the service has never answered, once every URL has been tried
+        and --wait is over. A service that answered once is retried like any transient failure."""
+        if self.reached:
+            return False
+        self.misses += 1
+        return self.misses >= len(self.urls) and time.monotonic() - self.started >= self.wait_s
+
+    def unreachable(self, exc: BaseException) -> str:
+        waited = f" for {self.wait_s:g} s" if self.wait_s else ""
+        return (
+            f"cannot reach the chat service at {', '.join(self.urls)}{waited} ({exc or type(exc).__name__}). "
+            "Is it running (`make run`)? Point the CLI at it with --url URL or DURABLE_CHAT_URL=URL; "
+            "--wait SECONDS keeps trying for that long."
+        )
 
     def next_url(self) -> str:
         url = self.urls[self.turn % len(self.urls)]
@@ -72,10 +95,12 @@ class Service:
         return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/") + "/ws", urlencode(params), ""))
 
     async def open(self, room: str, after: str | None = None) -> ClientConnection:
-        return await connect(
+        ws = await connect(
             self.ws_url(self.next_url(), room, after), additional_headers=self.headers(),
             max_size=2**22, open_timeout=10, close_timeout=2,
         )
+        self.reached = True
+        return ws
 
 
 def backoff(attempt: int) -> float:
@@ -260,6 +285,9 @@ async def cmd_send(service: Service, args: argparse.Namespace) -> int:
                     check_policy_close(exc)
                     note(f"{close_report(exc)}; resending")
                 except (OSError, websockets.exceptions.WebSocketException, TimeoutError) as exc:
+                    if service.gives_up():
+                        note(service.unreachable(exc))
+                        return UNREACHABLE
                     note(f"cannot reach {service.urls[(service.turn - 1) % len(service.urls)]}: {exc}")
                 if not all(item.done for item in items):
                     await asyncio.sleep(backoff(attempt))
@@ -395,6 +423,9 @@ async def cmd_tail(service: Service, args: argparse.Namespace) -> int:
                 return REFUSED
             note(f"{close_report(exc)}; resuming")
         except (OSError, websockets.exceptions.WebSocketException, TimeoutError) as exc:
+            if service.gives_up():
+                note(service.unreachable(exc))
+                return UNREACHABLE
             note(f"cannot connect: {exc}")
         delay = backoff(attempt)
         attempt += 1
@@ -459,6 +490,11 @@ async def cmd_history(service: Service, args: argparse.Namespace) -> int:
                 note(str(exc))
                 return REFUSED
             except (httpx.HTTPError, Unavailable) as exc:
+                if count or not isinstance(exc, httpx.TransportError):
+                    service.reached = True  # it answered, with an error worth retrying
+                elif service.gives_up():
+                    note(service.unreachable(exc))
+                    return UNREACHABLE
                 # Resume from the last id written: nothing is repeated or skipped.
                 total += count
                 if remaining is not None:
@@ -471,6 +507,7 @@ async def cmd_history(service: Service, args: argparse.Namespace) -> int:
                     return UNREACHABLE
                 await asyncio.sleep(backoff(failures))
                 continue
+            service.reached = True
             failures = 0
             total += count
             if remaining is not None:
@@ -519,23 +556,50 @@ def _positive(value: str) -> int:
     return number
 
 
+def _non_negative(value: str) -> float:
+    number = float(value)
+    if not number >= 0:
+        raise argparse.ArgumentTypeError("must be 0 or more seconds")
+    return number
+
+
+def connection_options(with_defaults: bool) -> argparse.ArgumentParser:
+    """--url, --token, --name and --wait, accepted before or after the command. Only the top-level parser has
+    defaults: after the command they are SUPPRESSed, so an option given before the command is not reset."""
+    options = argparse.ArgumentParser(add_help=False)
+
+    def default(value: object) -> object:
+        return value if with_defaults else argparse.SUPPRESS
+
+    options.add_argument(
+        "--url", default=default(os.environ.get("DURABLE_CHAT_URL", DEFAULT_URL)),
+        help=f"chat service base URL; comma-separate several to fail over between them "
+        f"(env DURABLE_CHAT_URL, default {DEFAULT_URL})",
+    )
+    options.add_argument("--token", default=default(os.environ.get("DURABLE_CHAT_TOKEN")),
+                         help="JWT sent as a bearer token (env DURABLE_CHAT_TOKEN)")
+    options.add_argument("--name", default=default(os.environ.get("DURABLE_CHAT_NAME")),
+                         help="display name when authentication is off (env DURABLE_CHAT_NAME)")
+    options.add_argument(
+        "--wait", type=_non_negative, default=default(0.0), metavar="SECONDS",
+        help="keep trying a service that has not answered yet for this long (default 0: exit 3 at once)",
+    )
+    return options
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="durable-chat", description="Send to, follow and export durable-chat rooms.",
         epilog="Exit codes: 0 ok, 1 refused by the server, 2 usage, 3 unreachable or timed out.",
+        parents=[connection_options(with_defaults=True)],
     )
-    parser.add_argument(
-        "--url", default=os.environ.get("DURABLE_CHAT_URL", DEFAULT_URL),
-        help="chat service base URL; comma-separate several to fail over between them "
-        "(env DURABLE_CHAT_URL, default %(default)s)",
-    )
-    parser.add_argument("--token", default=os.environ.get("DURABLE_CHAT_TOKEN"),
-                        help="JWT sent as a bearer token (env DURABLE_CHAT_TOKEN)")
-    parser.add_argument("--name", default=os.environ.get("DURABLE_CHAT_NAME"),
-                        help="display name when authentication is off (env DURABLE_CHAT_NAME)")
+    after_command = connection_options(with_defaults=False)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    send = commands.add_parser("send", help="send a message and print its id once the broker confirmed it")
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=help, parents=[after_command])
+
+    send = command("send", help="send a message and print its id once the broker confirmed it")
     send.add_argument("--room", type=_room, default="general")
     send.add_argument("text", nargs="?", help="the message; omit or '-' to send each line of stdin")
     send.add_argument("--client-id", help="idempotency key: resending the same key returns the first id")
@@ -543,7 +607,7 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--window", type=_positive, default=50, help=argparse.SUPPRESS)
     send.set_defaults(run=cmd_send)
 
-    tail = commands.add_parser("tail", help="follow a room live, resuming without gaps or repeats")
+    tail = command("tail", help="follow a room live, resuming without gaps or repeats")
     tail.add_argument("--room", type=_room, default="general")
     tail.add_argument("-n", "--lines", type=int, default=10, help="recent messages shown first (%(default)s)")
     tail.add_argument("--after", help="start after this id (or per-origin cursor): shows everything newer")
@@ -551,7 +615,7 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("-v", "--verbose", action="store_true", help="report (re)connections on stderr")
     tail.set_defaults(run=cmd_tail)
 
-    history = commands.add_parser("history", help="export a room's history, oldest first")
+    history = command("history", help="export a room's history, oldest first")
     history.add_argument("--room", type=_room, default="general")
     history.add_argument("--after", help="start after this message id")
     history.add_argument("--limit", type=_positive, help="at most this many messages (default: all)")
@@ -570,7 +634,7 @@ def main(argv: list[str] | None = None) -> None:
     if not urls:
         note("--url is empty")
         sys.exit(USAGE)
-    service = Service(urls, args.token or None, args.name)
+    service = Service(urls, args.token or None, args.name, wait_s=args.wait)
     try:
         code = asyncio.run(args.run(service, args))
     except KeyboardInterrupt:

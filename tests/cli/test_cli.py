@@ -89,7 +89,8 @@ async def test_send_waits_for_the_ack_and_history_exports_what_was_sent(shared_e
     too_big = await cli("--url", a, "send", "--room", r, "x" * 5000)
     assert too_big.rc == 1 and "too_large" in too_big.err and too_big.out == ""
     nowhere = f"http://127.0.0.1:{free_port()}"
-    unreachable = await cli("--url", nowhere, "send", "--timeout", "2", "--room", r, "x")
+    # With --wait the send keeps trying a service that never answered, until its own --timeout gives up.
+    unreachable = await cli("--url", nowhere, "--wait", "10", "send", "--timeout", "2", "--room", r, "x")
     assert unreachable.rc == 3 and "gave up" in unreachable.err
     bad_room = await cli("--url", a, "history", "--room", "no spaces")
     assert bad_room.rc == 2
