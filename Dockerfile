@@ -2,6 +2,8 @@
 # One image for both services: `chat-service` (default) or `history-service` (the chart sets the command).
 # The base is pinned by tag only: no registry is reachable where this file was written, so no digest could be
 # read. Pin it yourself with `docker buildx imagetools inspect python:3.11-slim-bookworm` and append @sha256:….
+# Any Debian 12 image with `python` 3.11 and its venv module will do: without a registry, the kind e2e passes
+# --build-arg PYTHON_IMAGE=local/python-base:3.11-bookworm, a debootstrapped root (tests/e2e/kind/offline/).
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS builder

@@ -59,3 +59,14 @@ def test_dockerignore_allows_only_what_the_build_copies() -> None:
     lines = [line for line in (ROOT / ".dockerignore").read_text().splitlines() if line and line[0] != "#"]
     assert lines[0] == "*"
     assert {"!pyproject.toml", "!requirements/runtime.txt", "!services/"} <= set(lines)
+
+
+RABBITMQ_DOCKERFILE = ROOT / "tests" / "e2e" / "kind" / "rabbitmq.Dockerfile"
+
+
+def test_kind_rabbitmq_image_is_hadolint_clean_debian_and_numeric_non_root(hadolint: str) -> None:
+    run([hadolint, "--failure-threshold", "info", str(RABBITMQ_DOCKERFILE)])
+    text = RABBITMQ_DOCKERFILE.read_text()
+    assert "ARG RABBITMQ_BASE=debian:trixie-slim" in text
+    assert re.search(r"^USER 999:999$", text, re.M)
+    assert "apt-get install -y --no-install-recommends rabbitmq-server" in text
