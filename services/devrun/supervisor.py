@@ -155,13 +155,16 @@ class Supervisor:
     async def _keep(self, child: Child) -> None:
         while not self._stopping.is_set():
             started = time.monotonic()
-            returncode = await self._run_once(child)
+            try:
+                how = describe_status(await self._run_once(child))
+            except OSError as exc:  # the program could not be started at all (a missing interpreter, ...)
+                how = f"could not start: {exc}"
             if self._stopping.is_set():
                 return
             ran_s = time.monotonic() - started
             child.delay_s = self._backoff.next_delay(child.delay_s, ran_s)
             self.say(
-                f"{child.program.name} exited ({describe_status(returncode)}) after {ran_s:.1f} s; "
+                f"{child.program.name} exited ({how}) after {ran_s:.1f} s; "
                 f"last line: {child.last_line[-300:]!r}; restarting in {child.delay_s:g} s"
             )
             with contextlib.suppress(TimeoutError):

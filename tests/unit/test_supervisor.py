@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
@@ -176,3 +177,19 @@ def test_backoff_doubles_to_its_ceiling_and_resets_after_a_stable_run() -> None:
 def test_exit_statuses_read_as_people_say_them() -> None:
     assert describe_status(-15) == "killed by SIGTERM"
     assert describe_status(3) == "status 3"
+
+
+async def test_a_program_that_cannot_start_is_reported_and_retried_not_fatal(tmp_path: Path) -> None:
+    out = Output()
+    port = free_port()
+    missing = Program("ghost", [str(tmp_path / "no-such-program")])
+    supervisor = Supervisor([missing, program("a", port)], out=out, backoff=Backoff(first_s=0.2), ready_timeout_s=20)
+    ready = asyncio.Event()
+    task = asyncio.create_task(supervisor.run(on_ready=ready.set))
+    await asyncio.wait_for(ready.wait(), 20)
+    line = await wait_for_line(out, r"ghost exited \(could not start: \[Errno 2\] No such file or directory")
+    assert "restarting in 0.2 s" in line
+    await wait_for_line(out, r"ghost exited .*restarting in 0.4 s")
+    assert await pid_of(port) == supervisor.children["a"].pid
+    supervisor.stop()
+    assert await asyncio.wait_for(task, 30) == 0
