@@ -21,6 +21,7 @@ import pytest
 from tests.support.ports import free_port
 from tests.support.rabbit import SharedVhost
 
+pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).parents[2]
 
 
