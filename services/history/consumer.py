@@ -64,6 +64,7 @@ class HistoryConsumer:
         self._drain_task: asyncio.Task[None] | None = None
         self._retry_task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._writing = 0  # deliveries in the batch being written
         self.storage_failed = False
 
     @property
@@ -117,7 +118,9 @@ class HistoryConsumer:
         self._has_pending.set()
         task = self._drain_task
         if task is not None:
-            await stop_within(task, DRAIN_TIMEOUT_S, "history drain")
+            log.info("draining: consumer cancelled", writing=self._writing, pending=len(self._pending))
+            if await stop_within(task, DRAIN_TIMEOUT_S, "history drain"):
+                log.info("drained: every delivery received was written and acked")
 
     async def _start_consuming(self) -> None:
         assert self._queue is not None and self._channel is not None
@@ -150,7 +153,8 @@ class HistoryConsumer:
                 continue
             if len(self._pending) < self._settings.batch_max and linger and not self._stopping:
                 await asyncio.sleep(linger)
-            batch = self._pending[: self._settings.batch_max]
+            # Stopping: what is left is bounded by the prefetch, and one synced write is quicker than several.
+            batch = self._pending[: len(self._pending) if self._stopping else self._settings.batch_max]
             del self._pending[: len(batch)]
             self._faults.crash("history.drain")
             await self._flush(batch)
@@ -169,11 +173,14 @@ class HistoryConsumer:
         if not accepted:
             return
         started = time.perf_counter()
+        self._writing = len(readable)
         try:
             result = await self._store.write(readable)
         except Exception as exc:
             await self._storage_failed(accepted, exc)
             return
+        finally:
+            self._writing = 0
         self._metrics.batch_seconds.observe(time.perf_counter() - started)
         # Acking the newest accepted delivery with `multiple` settles the whole batch in one frame.
         await _settle(accepted[-1].channel.basic_ack(_tag(accepted[-1]), multiple=True), "ack")

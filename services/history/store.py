@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -159,7 +160,7 @@ class ThreadedStore:
     """The service's store: an async context manager that owns the LevelDB handle and the one thread using it.
 
     ``write_delay_s`` (tests only, ``history.write.delay_s`` in ``DURABLE_CHAT_TEST_FAULTS``) makes each batch
-    write sleep first on that thread, like a slow disk.
+    write sleep first on that thread, 0.5x to 1.5x that long, like a slow disk whose writes take uneven time.
     """
 
     def __init__(self, path: str, write_delay_s: float = 0.0) -> None:
@@ -211,7 +212,7 @@ class ThreadedStore:
 
     def _slow_write(self, messages: Sequence[tuple[ChatMessage, bytes]]) -> WriteResult:
         if self._write_delay_s:
-            time.sleep(self._write_delay_s)
+            time.sleep(self._write_delay_s * random.uniform(0.5, 1.5))
         return self._open().write(messages)
 
     def _open(self) -> MessageStore:

@@ -87,6 +87,11 @@ class ServiceProcess:
             self.kill()
             return -9
 
+    def wait_exit(self, timeout: float = 30) -> int:
+        """Wait for the process to end by itself; its exit code (negative: the signal that ended it)."""
+        assert self._process is not None
+        return self._process.wait(timeout=timeout)
+
     def tail(self, lines: int = 30) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
