@@ -15,7 +15,9 @@ from services.chat.hub import CLOSE_SLOW_CONSUMER, Hub, SendBounds, Subscriber, 
 from services.chat.idempotency import IdempotencyCache
 from services.chat.limits import ConnectionCounter
 from services.chat.ring import RecentRing
+from services.chat.settings import load_config
 from services.common.schema import ChatMessage
+from services.common.settings import ConfigError
 from tests.unit.test_hub import FakeSocket
 
 ROOMS = 30_000
@@ -263,3 +265,16 @@ async def test_the_hub_gives_its_bounds_to_every_subscriber() -> None:
     assert subscriber.close_code == CLOSE_SLOW_CONSUMER and overflows == ["bytes"]
     hub.unsubscribe(subscriber)
     await subscriber.aclose()
+
+
+# --- settings ----------------------------------------------------------------------------------------------------
+
+
+def test_a_send_buffer_smaller_than_a_frame_is_refused_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHAT_SEND_BUFFER_BYTES", str(128 * 1024))
+    monkeypatch.setenv("CHAT_MAX_FRAME_BYTES", str(256 * 1024))
+    with pytest.raises(ConfigError, match="CHAT_SEND_BUFFER_BYTES"):
+        load_config()
+    monkeypatch.setenv("CHAT_MAX_FRAME_BYTES", str(64 * 1024))
+    bounds = load_config().chat
+    assert (bounds.send_buffer_bytes, bounds.max_frame_bytes) == (128 * 1024, 64 * 1024)
