@@ -12,7 +12,11 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
+import structlog
+
 from services.chat.bounds import ExpiryTimer, HighWater
+
+log = structlog.get_logger(__name__)
 
 Key = tuple[str, str | None, str]  # (room, author, client_id)
 
@@ -32,6 +36,7 @@ class IdempotencyCache:
         self._confirmed: OrderedDict[Key, tuple[float, str]] = OrderedDict()
         self._high = HighWater()
         self._inflight: dict[Key, asyncio.Future[str]] = {}
+        self._evicting = False
         self._timer = ExpiryTimer(self._prune_due, slack_s=min(5.0, window_s / 4))
 
     def __len__(self) -> int:
@@ -67,6 +72,9 @@ class IdempotencyCache:
             evicted += 1
         if evicted and self._on_evict is not None:
             self._on_evict(evicted)
+        if evicted and not self._evicting:
+            log.warning("idempotency cache full: forgetting keys younger than the window", max_keys=self._max_keys)
+        self._evicting = evicted > 0
         self._timer.arm(self._due_in(now))
 
     def fail(self, key: Key, error: BaseException) -> None:

@@ -75,9 +75,11 @@ async def test_a_timer_empties_the_ring_when_traffic_stops() -> None:
 def test_the_ring_is_capped_in_entries_counting_what_it_drops() -> None:
     evicted: list[int] = []
     ring = RecentRing(600_000, clock=Clock(), max_entries=1000, on_evict=evicted.append)
-    for i in range(5000):
-        ring.add(*message(i, room=f"r{i % 7}"))
+    with structlog.testing.capture_logs() as logs:
+        for i in range(5000):
+            ring.add(*message(i, room=f"r{i % 7}"))
     assert len(ring) == 1000 and sum(evicted) == 4000
+    assert len([entry for entry in logs if entry["log_level"] == "warning"]) == 1  # once, not per entry
     kept = sorted(m.id for r in range(7) for m, _ in ring.snapshot(f"r{r}"))
     assert kept == [message(i)[0].id for i in range(4000, 5000)]  # the newest stay
 
@@ -117,9 +119,11 @@ async def test_a_timer_empties_the_cache_when_sends_stop() -> None:
 async def test_the_cache_is_capped_in_keys_oldest_first() -> None:
     evicted: list[int] = []
     cache = IdempotencyCache(600, clock=Clock(), max_keys=1000, on_evict=evicted.append)
-    for i in range(1500):
-        cache.confirm((f"room-{i}", "a", "k"), f"id{i}")
+    with structlog.testing.capture_logs() as logs:
+        for i in range(1500):
+            cache.confirm((f"room-{i}", "a", "k"), f"id{i}")
     assert len(cache) == 1000 and sum(evicted) == 500
+    assert len([entry for entry in logs if entry["log_level"] == "warning"]) == 1  # once, not per key
     assert cache.lookup(("room-499", "a", "k")) is None and cache.lookup(("room-500", "a", "k")) == "id500"
 
 
