@@ -6,9 +6,7 @@ import asyncio
 import contextlib
 import os
 import re
-import shutil
 import signal
-import sys
 import uuid
 from dataclasses import dataclass
 
@@ -18,9 +16,9 @@ import orjson
 from tests.e2e.conftest import Endpoints
 from tests.support.client import ChatClient
 from tests.support.ports import free_port
+from tests.support.tail import CLI, Tail, cli_env
 
 ULID = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
-CLI = shutil.which("durable-chat", path=os.path.dirname(sys.executable)) or "durable-chat"
 
 
 @dataclass
@@ -30,16 +28,10 @@ class Result:
     err: str
 
 
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DURABLE_CHAT_")}
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
 async def cli(*args: str, stdin: str | None = None, limit_s: float = 60) -> Result:
     process = await asyncio.create_subprocess_exec(
         CLI, *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, env=_env(), process_group=0,
+        stderr=asyncio.subprocess.PIPE, env=cli_env(), process_group=0,
     )
     try:
         out, err = await asyncio.wait_for(process.communicate(stdin.encode() if stdin else b""), limit_s)
@@ -151,59 +143,28 @@ async def test_tail_follows_live_and_resumes_once_after_its_replica_restarts(sha
     for text in ("old 1", "old 2"):
         await sender.send(text)
     await sender.wait_for(lambda: len(sender.acks) == 2)
-    process = await asyncio.create_subprocess_exec(
-        CLI, "--url", endpoints.chat_urls[0], "tail", "--room", r, "--json", "-n", "1", "-v",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=_env(), process_group=0,
-    )
-    out: list[dict[str, object]] = []
-    err: list[str] = []
-
-    async def pump_out() -> None:
-        assert process.stdout is not None
-        async for line in process.stdout:
-            out.append(orjson.loads(line))
-
-    async def pump_err() -> None:
-        assert process.stderr is not None
-        async for line in process.stderr:
-            err.append(line.decode())
-
-    async def until(predicate, limit_s: float = 20) -> None:  # type: ignore[no-untyped-def]
-        deadline = asyncio.get_running_loop().time() + limit_s
-        while not predicate():
-            assert asyncio.get_running_loop().time() < deadline, f"out={out} err={''.join(err)}"
-            await asyncio.sleep(0.05)
-
-    pumps = [asyncio.create_task(pump_out()), asyncio.create_task(pump_err())]
     try:
-        await until(lambda: sum("following" in line for line in err) == 1)
-        assert [m["text"] for m in out] == ["old 2"]  # -n 1: only the newest of the backlog
-        await sender.send("live 1")
-        await until(lambda: len(out) == 2)
+        async with Tail(endpoints.chat_urls[0], "--room", r, "-n", "1") as tail:
+            await tail.until(lambda: tail.notes("following") == 1)
+            assert tail.texts == ["old 2"]  # -n 1: only the newest of the backlog
+            await sender.send("live 1")
+            await tail.until(lambda: len(tail.out) == 2)
 
-        # tail's replica dies (SIGKILL) and comes back on the same port after more messages than the 100 a
-        # connect without a cursor gets: only a resume with the per-origin cursor shows them all.
-        topology.chats[0].kill()
-        meanwhile = [f"meanwhile {i}" for i in range(130)]
-        for text in meanwhile:
-            await sender.send(text)
-        await sender.wait_for(lambda: len(sender.acks) == 3 + len(meanwhile))
-        assert sum("following" in line for line in err) == 1
-        await asyncio.to_thread(topology.chats[0].start)
-        await until(lambda: sum("following" in line for line in err) == 2, limit_s=30)
-        await sender.send("after")
-        await until(lambda: any(m["text"] == "after" for m in out))
-        await asyncio.sleep(0.3)  # anything doubled would show up by now
-        texts = [m["text"] for m in out]
-        assert sorted(texts) == sorted(["old 2", "live 1", *meanwhile, "after"])
-        assert len({m["id"] for m in out}) == len(out)
-        assert any("resuming" in line for line in err)
+            # tail's replica dies (SIGKILL) and comes back on the same port after more messages than the 100 a
+            # connect without a cursor gets: only a resume with the per-origin cursor shows them all.
+            topology.chats[0].kill()
+            meanwhile = [f"meanwhile {i}" for i in range(130)]
+            for text in meanwhile:
+                await sender.send(text)
+            await sender.wait_for(lambda: len(sender.acks) == 3 + len(meanwhile))
+            assert tail.notes("following") == 1
+            await asyncio.to_thread(topology.chats[0].start)
+            await tail.until(lambda: tail.notes("following") == 2, limit_s=30)
+            await sender.send("after")
+            await tail.until(lambda: "after" in tail.texts)
+            await asyncio.sleep(0.3)  # anything doubled would show up by now
+            assert sorted(tail.texts) == sorted(["old 2", "live 1", *meanwhile, "after"])
+            assert len({m["id"] for m in tail.out}) == len(tail.out)
+            assert tail.notes("resuming") >= 1
     finally:
         await sender.close()
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        await process.wait()
-        for pump in pumps:
-            pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pump

@@ -5,19 +5,17 @@ catches up without a frame over its 4 MiB limit (before: it closed 1009 five tim
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import signal
 
-import orjson
 import pytest
 from websockets.exceptions import ConnectionClosedError
 from websockets.frames import Close
 
 from services.cli.main import close_report
-from tests.cli.test_cli import CLI, _env, room
+from tests.cli.test_cli import room
 from tests.e2e.conftest import Endpoints
 from tests.e2e.test_frame_bounds import SENDERS, burst
+from tests.support.tail import Tail
 
 # 1300 messages of about 8.3 KiB while tail is stopped: more than the kernel's socket buffers take, and (before
 # the byte bounds) few enough for the replica to queue the rest under its 1000-frame bound and then send them
@@ -29,54 +27,21 @@ PER_SENDER = 325
 async def test_tail_catches_up_after_a_burst_without_1009(shared_endpoints: Endpoints) -> None:
     endpoints = shared_endpoints
     r = room()
-    process = await asyncio.create_subprocess_exec(
-        CLI, "--url", endpoints.chat_urls[0], "tail", "--room", r, "--json", "-n", "0", "-v",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=_env(), process_group=0,
-        limit=1024 * 1024,
-    )
-    out: list[dict[str, object]] = []
-    err: list[str] = []
-
-    async def pump_out() -> None:
-        assert process.stdout is not None
-        async for line in process.stdout:
-            out.append(orjson.loads(line))
-
-    async def pump_err() -> None:
-        assert process.stderr is not None
-        async for line in process.stderr:
-            err.append(line.decode())
-
-    pumps = [asyncio.create_task(pump_out()), asyncio.create_task(pump_err())]
-    try:
-        deadline = asyncio.get_running_loop().time() + 20
-        while not any("following" in line for line in err):
-            assert asyncio.get_running_loop().time() < deadline, "".join(err)
-            await asyncio.sleep(0.05)
+    async with Tail(endpoints.chat_urls[0], "--room", r, "-n", "0") as tail:
+        await tail.until(lambda: tail.notes("following") == 1)
         # A reader that stops reading (SIGSTOP: the whole process, a real stall) while the room gets a burst.
-        os.killpg(process.pid, signal.SIGSTOP)
+        tail.signal(signal.SIGSTOP)
         try:
             sent = await burst(endpoints, r, PER_SENDER)
         finally:
-            os.killpg(process.pid, signal.SIGCONT)
-        deadline = asyncio.get_running_loop().time() + 120
-        while len(out) < sent:
-            assert asyncio.get_running_loop().time() < deadline, f"{len(out)} of {sent}: {''.join(err)}"
-            await asyncio.sleep(0.1)
+            tail.signal(signal.SIGCONT)
+        await tail.until(lambda: len(tail.out) >= sent, limit_s=120)
         await asyncio.sleep(0.5)  # anything doubled would show up by now
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        await process.wait()
-        for pump in pumps:
-            pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pump
-    stderr = "".join(err)
+    stderr = "".join(tail.err)
     print(f"\ntail stderr:\n{stderr}")
     expected = sorted(f"{n:05d}" for n in range(PER_SENDER) for _ in range(SENDERS))
-    assert sorted(str(m["text"])[:5] for m in out) == expected
-    assert len({m["id"] for m in out}) == len(out) == SENDERS * PER_SENDER
+    assert sorted(text[:5] for text in tail.texts) == expected
+    assert len({m["id"] for m in tail.out}) == len(tail.out) == SENDERS * PER_SENDER
     assert "1009" not in stderr and "no close frame" not in stderr
     # Falling this far behind closes the slow consumer with 1013, and the CLI says so before resuming.
     assert "closed by the server (1013 slow consumer); resuming" in stderr

@@ -35,7 +35,7 @@ class Tail:
     async def __aenter__(self) -> Tail:
         self._process = await asyncio.create_subprocess_exec(
             *self.argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=cli_env(),
-            process_group=0,
+            process_group=0, limit=1024 * 1024,  # a line holds a message of up to 4 KiB, JSON-escaped
         )
         self._pumps = [asyncio.create_task(self._pump_out()), asyncio.create_task(self._pump_err())]
         return self
@@ -49,6 +49,10 @@ class Tail:
             pump.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await pump
+
+    def signal(self, sig: signal.Signals) -> None:
+        assert self._process is not None
+        os.killpg(self._process.pid, sig)
 
     def notes(self, text: str) -> int:
         return sum(text in line for line in self.err)
