@@ -1,12 +1,24 @@
 """The durable subscriber: consume ``chat.history``, store in synced LevelDB batches, then ack.
 
 A delivery is acked only after the batch holding it is on disk, so a crash at any point leaves it in the
-queue; the store's idempotent write makes the redelivery harmless. When a write fails (disk full), the batch
-is requeued once, the consumer is cancelled and the service goes unready; a probe write every
-``retry_interval_s`` resumes consuming when the disk takes writes again, instead of requeueing in a loop.
+queue; the store's idempotent write makes the redelivery harmless.
+
+A failed write (disk full) never returns deliveries to the queue. On RabbitMQ 4 a quorum queue dead-letters a
+message after ``delivery-limit`` (default 20) returns, and 4.0-4.2 count every return: nack, reject with requeue,
+and a channel closed with the message unacked (4.3 stops counting nack). So the consumer cancels its broker
+consumers (``basic.cancel``: a quorum queue keeps a cancelled consumer's unacked messages checked out to it,
+uncounted) and holds the failed batch and what arrived behind it; the service is unready; a probe write every
+``retry_interval_s`` lets the held deliveries be written and acked and consumption resume. Only a lost connection
+(a crash, a broker restart) returns them, one count each.
+
+What still reaches ``chat.history.dlq`` (20 crash-restarts under load, or a message an operator moved there) is
+consumed too, on a channel of its own: readable messages are written like any other (idempotently: one already
+stored is dropped) and acked; unreadable ones are held unacked, so they stay in the DLQ, and are counted
+(``durable_chat_dlq_unreadable_messages``) and logged.
 
 One drain task per connection takes deliveries in order, writes each batch and acks it with ``multiple`` up to
-its last tag: every lower tag on that channel was settled before (acked, rejected or nacked by this same task).
+its last tag on the main channel: every lower tag there was settled before (acked or rejected by this same task,
+in order). Dead letters are acked one by one: their channel holds unreadable ones unacked.
 A write is never abandoned and then acked past: stopping (``drain``) cancels the broker consumer and waits for
 the task to write and ack what it holds; if it must be cancelled (too slow, or the connection is gone), nothing
 after it is acked on that channel, and the unacked deliveries return to the queue with the connection.
@@ -29,7 +41,7 @@ from aiormq.abc import DeliveredMessage
 from services.common.lifecycle import Faults, cancel_and_wait, stop_within
 from services.common.schema import ChatMessage, InvalidMessage
 from services.common.settings import AmqpSettings
-from services.common.topology import declare_topology
+from services.common.topology import DEAD_LETTER_QUEUE, declare_topology
 from services.history.metrics import HistoryMetrics
 from services.history.settings import HistorySettings
 from services.history.store import ThreadedStore, WriteResult
@@ -57,7 +69,10 @@ class HistoryConsumer:
         self._faults = faults or Faults()
         self._queue: AbstractQueue | None = None
         self._channel: RawChannel | None = None
+        self._dlq_channel: RawChannel | None = None
         self._consumer_tag: str | None = None
+        self._dlq_consumer_tag: str | None = None
+        self._unreadable_dead_letters = 0
         self._pending: list[DeliveredMessage] = []
         self._has_pending = asyncio.Event()
         self._tasks: asyncio.TaskGroup | None = None
@@ -83,12 +98,15 @@ class HistoryConsumer:
     async def setup(self, connection: AbstractConnection, tasks: asyncio.TaskGroup) -> list[AbstractChannel]:
         """Run by the broker link at every (re)connect; the tasks live as long as this connection."""
         self._pending = []
-        self._consumer_tag = None
+        self._consumer_tag = self._dlq_consumer_tag = None
         channel = await connection.channel(publisher_confirms=False)
         await channel.set_qos(prefetch_count=self._amqp.prefetch)
         topology = await declare_topology(channel, self._amqp.exchange, self._amqp.history_queue)
         self._queue = topology.history_queue
         self._channel = await channel.get_underlay_channel()
+        dlq_channel = await connection.channel(publisher_confirms=False)
+        await dlq_channel.set_qos(prefetch_count=self._amqp.prefetch)
+        self._dlq_channel = await dlq_channel.get_underlay_channel()
         self._tasks = tasks
         self._drain_task = tasks.create_task(self._drain_loop(), name="history-drain")
         if self.storage_failed:
@@ -96,12 +114,13 @@ class HistoryConsumer:
         elif not self._stopping:
             await self._start_consuming()
         self._metrics.broker_connected.set(1)
-        return [channel]
+        return [channel, dlq_channel]
 
     async def on_lost(self) -> None:
         # Unacked deliveries return to the queue with the connection; forget them here.
-        self._consumer_tag = None
+        self._consumer_tag = self._dlq_consumer_tag = None
         self._metrics.consuming.set(0)
+        self._count_unreadable(-self._unreadable_dead_letters)  # the held ones went back to the DLQ
         self._tasks = None
         tasks = [task for task in (self._drain_task, self._retry_task) if task is not None]
         self._drain_task = self._retry_task = None
@@ -128,14 +147,20 @@ class HistoryConsumer:
         # task (~30 us of Python per message); the drain loop only needs bodies and delivery tags.
         result = await self._channel.basic_consume(self._queue.name, self._on_delivery)
         self._consumer_tag = result.consumer_tag
+        assert self._dlq_channel is not None
+        result = await self._dlq_channel.basic_consume(DEAD_LETTER_QUEUE, self._on_delivery)
+        self._dlq_consumer_tag = result.consumer_tag
         self._metrics.consuming.set(1)
 
     async def _cancel_consumer(self) -> None:
-        tag, self._consumer_tag = self._consumer_tag, None
+        """``basic.cancel``: no more deliveries; those received stay ours, unacked, until we settle them."""
+        tags = [(self._channel, self._consumer_tag), (self._dlq_channel, self._dlq_consumer_tag)]
+        self._consumer_tag = self._dlq_consumer_tag = None
         self._metrics.consuming.set(0)
-        if tag is not None and self._channel is not None:
-            with contextlib.suppress(*_CHANNEL_GONE):
-                await self._channel.basic_cancel(tag)
+        for channel, tag in tags:
+            if tag is not None and channel is not None:
+                with contextlib.suppress(*_CHANNEL_GONE):
+                    await channel.basic_cancel(tag)
 
     async def _on_delivery(self, message: DeliveredMessage) -> None:
         # Called once per delivery by aiormq; it only queues, one drain task does the work in batches.
@@ -145,9 +170,9 @@ class HistoryConsumer:
     async def _drain_loop(self) -> None:
         linger = self._settings.batch_linger_ms / 1000
         while True:
-            if not self._pending:
+            if not self._pending or self.storage_failed:
                 if self._stopping:
-                    return
+                    return  # what is held stays unacked: the broker redelivers it
                 self._has_pending.clear()
                 await self._has_pending.wait()
                 continue
@@ -167,9 +192,7 @@ class HistoryConsumer:
                 readable.append((ChatMessage.from_wire(delivery.body), delivery.body))
                 accepted.append(delivery)
             except InvalidMessage as exc:
-                log.error("unreadable delivery dead-lettered", error=str(exc), size=len(delivery.body))
-                self._metrics.dead_lettered.inc()
-                await _settle(delivery.channel.basic_reject(_tag(delivery), requeue=False), "reject")
+                await self._unreadable(delivery, exc)
         if not accepted:
             return
         started = time.perf_counter()
@@ -182,9 +205,39 @@ class HistoryConsumer:
         finally:
             self._writing = 0
         self._metrics.batch_seconds.observe(time.perf_counter() - started)
-        # Acking the newest accepted delivery with `multiple` settles the whole batch in one frame.
-        await _settle(accepted[-1].channel.basic_ack(_tag(accepted[-1]), multiple=True), "ack")
+        await self._ack(accepted)
         self._record(result, len(accepted))
+
+    async def _ack(self, written: list[DeliveredMessage]) -> None:
+        main = [d for d in written if d.channel is not self._dlq_channel]
+        if main:
+            # Acking the newest delivery with `multiple` settles the whole batch in one frame.
+            await _settle(main[-1].channel.basic_ack(_tag(main[-1]), multiple=True), "ack")
+        dead_letters = [d for d in written if d.channel is self._dlq_channel]
+        for delivery in dead_letters:
+            await _settle(delivery.channel.basic_ack(_tag(delivery)), "ack")
+        if dead_letters:
+            self._metrics.dlq_stored.inc(len(dead_letters))
+            log.warning("dead letters written to history", count=len(dead_letters))
+
+    async def _unreadable(self, delivery: DeliveredMessage, exc: InvalidMessage) -> None:
+        if delivery.channel is self._dlq_channel:
+            # Held unacked, so it stays in the DLQ for an operator; a requeue would only spend its delivery count.
+            log.error("unreadable message left in the dead-letter queue", error=str(exc), size=len(delivery.body))
+            self._count_unreadable(1)
+            return
+        log.error("unreadable delivery dead-lettered", error=str(exc), size=len(delivery.body))
+        self._metrics.dead_lettered.inc()
+        await _settle(delivery.channel.basic_reject(_tag(delivery), requeue=False), "reject")
+
+    def _count_unreadable(self, change: int) -> None:
+        self._unreadable_dead_letters += change
+        self._metrics.dlq_unreadable.set(self._unreadable_dead_letters)
+        if change > 0 and self._unreadable_dead_letters >= self._amqp.prefetch:
+            log.error(
+                "the dead-letter queue's prefetch is full of unreadable messages; readable ones behind them wait",
+                held=self._unreadable_dead_letters,
+            )
 
     def _record(self, result: WriteResult, size: int) -> None:
         self._metrics.batch_size.observe(size)
@@ -199,13 +252,14 @@ class HistoryConsumer:
 
     async def _storage_failed(self, batch: list[DeliveredMessage], exc: Exception) -> None:
         self._metrics.store_failures.inc()
-        log.error("storage write failed; requeued and stopped consuming", error=repr(exc)[:300], batch=len(batch))
         self.storage_failed = True
+        # Held in front of what arrived behind them, so tags are still written and acked in order.
+        self._pending[:0] = batch
+        log.error(
+            "storage write failed; stopped consuming, holding the deliveries until a write succeeds",
+            error=repr(exc)[:300], held=len(self._pending),
+        )
         await self._cancel_consumer()
-        pending, self._pending = self._pending, []
-        await _settle(batch[-1].channel.basic_nack(_tag(batch[-1]), multiple=True, requeue=True), "nack")
-        for delivery in pending:
-            await _settle(delivery.channel.basic_nack(_tag(delivery), requeue=True), "nack")
         self._start_retry()
 
     def _start_retry(self) -> None:
@@ -222,7 +276,8 @@ class HistoryConsumer:
                 log.warning("storage still failing", error=repr(exc)[:300])
                 continue
             self.storage_failed = False
-            log.info("storage writable again; resuming consumption")
+            log.info("storage writable again; writing the held deliveries and resuming consumption")
+            self._has_pending.set()
             if not self._stopping:
                 with contextlib.suppress(*_CHANNEL_GONE):  # a lost channel: the link reconnects and consumes
                     await self._start_consuming()

@@ -16,6 +16,8 @@ class HistoryMetrics:
     duplicates: Counter
     dead_lettered: Counter
     store_failures: Counter
+    dlq_stored: Counter
+    dlq_unreadable: Gauge
     batch_seconds: Histogram
     batch_size: Histogram
     lag: Histogram
@@ -40,6 +42,14 @@ class HistoryMetrics:
             ),
             store_failures=Counter(
                 "durable_chat_store_failures_total", "LevelDB batch writes that failed.", registry=r
+            ),
+            dlq_stored=Counter(
+                "durable_chat_dlq_messages_stored_total",
+                "Readable dead letters written to history (idempotently) and acked.", registry=r,
+            ),
+            dlq_unreadable=Gauge(
+                "durable_chat_dlq_unreadable_messages",
+                "Unreadable messages this service holds in chat.history.dlq (left there, never stored).", registry=r,
             ),
             batch_seconds=Histogram(
                 "durable_chat_store_batch_seconds", "Synced LevelDB batch write.",

@@ -30,7 +30,7 @@ class HistoryService:
         self.metrics = metrics or HistoryMetrics.create()
         self.verifier = TokenVerifier(config.history.auth_secret, config.history.auth_public_key)
         faults = Faults.from_env()
-        self.store = ThreadedStore(config.history.data_dir, faults.delay_s("history.write"))
+        self.store = ThreadedStore(config.history.data_dir, faults)
         self.consumer = HistoryConsumer(self.store, config.history, config.amqp, self.metrics, faults)
         self.supervisor = Supervisor("history")
         self.link: BrokerLink | None = None

@@ -24,6 +24,7 @@ from typing import TypeVar
 
 import plyvel
 
+from services.common.lifecycle import Faults
 from services.common.schema import ChatMessage
 
 _MESSAGE = b"m\x00"
@@ -159,13 +160,15 @@ class StoreClosed(RuntimeError):
 class ThreadedStore:
     """The service's store: an async context manager that owns the LevelDB handle and the one thread using it.
 
-    ``write_delay_s`` (tests only, ``history.write.delay_s`` in ``DURABLE_CHAT_TEST_FAULTS``) makes each batch
-    write sleep first on that thread, 0.5x to 1.5x that long, like a slow disk whose writes take uneven time.
+    Test faults (``DURABLE_CHAT_TEST_FAULTS``): ``history.write.delay_s`` makes each batch write sleep first on
+    that thread, 0.5x to 1.5x that long, like a slow disk whose writes take uneven time; ``history.write.crash=N``
+    makes the next N batch writes raise, like a full disk.
     """
 
-    def __init__(self, path: str, write_delay_s: float = 0.0) -> None:
+    def __init__(self, path: str, faults: Faults | None = None) -> None:
         self._path = path
-        self._write_delay_s = write_delay_s
+        self._faults = faults or Faults()
+        self._write_delay_s = self._faults.delay_s("history.write")
         self._store: MessageStore | None = None
         self._executor: ThreadPoolExecutor | None = None
 
@@ -213,6 +216,7 @@ class ThreadedStore:
     def _slow_write(self, messages: Sequence[tuple[ChatMessage, bytes]]) -> WriteResult:
         if self._write_delay_s:
             time.sleep(self._write_delay_s * random.uniform(0.5, 1.5))
+        self._faults.crash("history.write")
         return self._open().write(messages)
 
     def _open(self) -> MessageStore:

@@ -201,11 +201,11 @@ class FakeRawChannel:
     async def basic_reject(self, tag: int, requeue: bool = True) -> None:
         self.nacks.append((tag, False))
 
-    async def deliver(self, count: int) -> None:
+    async def deliver(self, count: int, body: bytes | None = None) -> None:
         assert self.on_delivery is not None
         for _ in range(count):
             msg_id, ts = ids.mint()
-            body = ChatMessage(msg_id, "ORIGIN01", "r", "ann", "hi", ts).to_wire()
+            body = body or ChatMessage(msg_id, "ORIGIN01", "r", "ann", "hi", ts).to_wire()
             self.tags += 1
             deliver = spec.Basic.Deliver(consumer_tag="ctag", delivery_tag=self.tags, exchange="chat", routing_key="")
             await self.on_delivery(DeliveredMessage(deliver, None, body, self))  # type: ignore[arg-type]
@@ -235,10 +235,16 @@ class FakeAioChannel:
 
 class FakeAioConnection:
     def __init__(self) -> None:
-        self.raw = FakeRawChannel()
+        self.channels: list[FakeRawChannel] = []
+
+    @property
+    def raw(self) -> FakeRawChannel:
+        """The consumer's main channel (chat.history); the second one consumes the dead-letter queue."""
+        return self.channels[0]
 
     async def channel(self, publisher_confirms: bool = False) -> FakeAioChannel:
-        return FakeAioChannel(self.raw)
+        self.channels.append(FakeRawChannel())
+        return FakeAioChannel(self.channels[-1])
 
 
 class HeldStore:
@@ -256,8 +262,8 @@ class HeldStore:
         return WriteResult(stored=[message for message, _ in messages])
 
 
-def consumer_on(store: HeldStore, faults: Faults | None = None) -> HistoryConsumer:
-    settings = HistorySettings(batch_max=5, batch_linger_ms=0)
+def consumer_on(store: object, faults: Faults | None = None) -> HistoryConsumer:
+    settings = HistorySettings(batch_max=5, batch_linger_ms=0, retry_interval_s=0.02)
     return HistoryConsumer(store, settings, AmqpSettings(), HistoryMetrics.create(), faults)  # type: ignore[arg-type]
 
 
@@ -279,7 +285,7 @@ async def test_a_graceful_stop_waits_for_the_write_in_flight_then_writes_and_ack
             await stopping
         await consumer.on_lost()
     assert len(store.written) == 12
-    assert connection.raw.acks == [(5, True), (10, True), (12, True)]
+    assert connection.raw.acks == [(5, True), (12, True)], "the batch in flight, then the 7 behind it in one write"
 
 
 async def test_a_stop_that_must_cancel_a_write_acks_nothing_past_it(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -308,3 +314,61 @@ async def test_a_crash_in_the_drain_loop_surfaces_in_the_connections_task_group_
             await asyncio.sleep(1)  # cancelled by the crash
     assert isinstance(crashed.value.exceptions[0], InjectedFault)
     assert connection.raw.acks == [] and store.written == []
+
+
+class FailingStore:
+    """A store whose next ``failures`` writes raise, like a disk that fills and frees."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.written: list[str] = []
+
+    async def write(self, messages: list[tuple[ChatMessage, bytes]]) -> WriteResult:
+        if self.failures:
+            self.failures -= 1
+            raise OSError(28, "No space left on device")
+        self.written += [message.id for message, _ in messages]
+        return WriteResult(stored=[message for message, _ in messages])
+
+    async def reopen(self) -> None:
+        return None
+
+    async def probe(self) -> None:
+        return None
+
+
+async def test_a_storage_failure_holds_the_deliveries_instead_of_returning_them_to_the_queue() -> None:
+    """On RabbitMQ 4 every return spends one of a message's 20 deliveries; 25 failures must spend none."""
+    store = FailingStore(failures=25)
+    consumer = consumer_on(store)
+    connection = FakeAioConnection()
+    async with asyncio.TaskGroup() as tasks:
+        await consumer.setup(connection, tasks)  # type: ignore[arg-type]
+        await connection.raw.deliver(12)
+        await eventually(lambda: consumer.storage_failed)
+        assert connection.raw.cancelled, "it stops taking deliveries"
+        await eventually(lambda: len(store.written) == 12 and consumer.consuming)
+        assert not consumer.storage_failed
+        await consumer.on_lost()
+    assert store.failures == 0
+    assert connection.raw.nacks == [], "nothing was returned to the queue"
+    assert connection.raw.acks[-1] == (12, True)
+
+
+async def test_readable_dead_letters_are_stored_and_acked_unreadable_ones_held_and_counted() -> None:
+    store = HeldStore()
+    store.release.set()
+    consumer = consumer_on(store)
+    connection = FakeAioConnection()
+    async with asyncio.TaskGroup() as tasks:
+        await consumer.setup(connection, tasks)  # type: ignore[arg-type]
+        dlq = connection.channels[1]
+        await dlq.deliver(3)
+        await dlq.deliver(2, body=b"not a message")
+        await eventually(lambda: len(store.written) == 3)
+        await eventually(lambda: consumer._metrics.dlq_unreadable._value.get() == 2)
+        assert dlq.acks == [(1, False), (2, False), (3, False)], "one by one: the unreadable stay unacked"
+        assert dlq.nacks == [], "unreadable dead letters are neither requeued nor dropped"
+        assert consumer._metrics.dlq_stored._value.get() == 3
+        await consumer.on_lost()
+    assert consumer._metrics.dlq_unreadable._value.get() == 0, "returned to the DLQ with the connection"
