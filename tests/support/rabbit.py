@@ -139,7 +139,8 @@ class PrivateRabbit:
     """A RabbitMQ node of our own on free ports, which tests may stop and start.
 
     ``engine`` is "4" or "3.10" (default: ``DCT_RABBITMQ``, else "4"). Cluster nodes (tests/e2e/cluster) also
-    pass a network namespace, the address to listen on, a long node name and the cluster's Erlang cookie.
+    pass a network namespace, the address and port to listen on, a long node name, the cluster's Erlang cookie
+    and extra rabbitmq.conf lines.
     """
 
     def __init__(
@@ -148,6 +149,7 @@ class PrivateRabbit:
         engine: str | None = None,
         *,
         host: str = "127.0.0.1",
+        port: int | None = None,
         netns: str | None = None,
         node: str | None = None,
         cookie: str | None = None,
@@ -157,7 +159,7 @@ class PrivateRabbit:
         self.dir = self.engine.scratch_dir("dct-rabbit-")
         self.host = host
         self.netns = netns
-        self.port = free_port()
+        self.port = port or free_port()
         self.dist_port = free_port()
         self.prometheus_port = free_port() if "rabbitmq_prometheus" in plugins else 0
         self.node = node or f"dct{uuid.uuid4().hex[:8]}@localhost"
