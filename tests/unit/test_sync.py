@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator
 import orjson
 import pytest
 
+from services.chat import sync as sync_module
 from services.chat.history_client import HistoryUnavailable
 from services.chat.hub import Entry, Subscriber
 from services.chat.ring import RecentRing
-from services.chat import sync as sync_module
 from services.chat.sync import BacklogSync, Gap
 from services.common.ids import UlidGenerator, ulid_floor
 from services.common.schema import ChatMessage, Cursor
