@@ -73,6 +73,9 @@ class ChatService:
         if not self.verifier.enabled:
             log.warning("anonymous mode: set CHAT_AUTH_SECRET or CHAT_AUTH_PUBLIC_KEY to require tokens")
         stack.push_async_callback(self.history.aclose)
+        # Their prune timers live on the loop: cancelled here, not left to die with it.
+        stack.callback(self.ring.close)
+        stack.callback(self.idempotency.close)
         self.supervisor = await stack.enter_async_context(Supervisor("chat", on_fatal))
         relay = ChatRelay(self.config.amqp, self.hub, self.ring, self.metrics, self.origin, faults=Faults.from_env())
         self.relay = relay
