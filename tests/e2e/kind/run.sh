@@ -3,7 +3,7 @@
 # Dockerfiles and loaded into kind, a single-node RabbitMQ, the Helm chart with ci/kind-values.yaml (`helm install
 # --wait`, `helm test`), the Kustomize kind overlay in a namespace of its own, then
 #   1. pytest tests/e2e (the same suite as against local processes, and the chat page in Chromium) through
-#      port-forwards to each chat pod and to the history Service;
+#      NodePort Services to each chat pod and to history;
 #   2. pytest tests/e2e/kind/test_kind_chaos.py: pods deleted, `helm upgrade` and `helm rollback` under load, each
 #      ending with the chaos checker (0 lost, 0 duplicated);
 # and deletes the cluster.
@@ -32,7 +32,6 @@ CONTEXT="kind-$CLUSTER"
 PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
 HELM="$ROOT/.tools/bin/helm"
 LOGS="$ROOT/test-artifacts/kind"
-PIDS=()
 T0=$(date +%s)
 
 log() { printf '\n== [+%ss] %s\n' "$(($(date +%s) - T0))" "$*" >&2; }
@@ -59,14 +58,8 @@ collect_logs() {  # namespace...
   done
 }
 
-stop_forwards() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  PIDS=()
-}
-
 cleanup() {
   local rc=$?
-  stop_forwards
   if ((rc != 0)) && "$KIND" get clusters 2>/dev/null | grep -qx "$CLUSTER"; then
     collect_logs "$NAMESPACE" "$KUSTOMIZE_NAMESPACE" kube-system
     echo "kind e2e failed (rc $rc): logs in $LOGS" >&2
@@ -80,17 +73,22 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { "$PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-port_forward() {  # target local_port remote_port
-  "$KUBECTL" --context "$CONTEXT" -n "$NAMESPACE" port-forward "$1" "$2:$3" --address 127.0.0.1 \
-    >"$LOGS/port-forward-$2.log" 2>&1 &
-  PIDS+=($!)
+node_service() {  # name port selector(k=v,...): a NodePort Service, echoes http://NODE_ADDRESS:NODE_PORT
+  # The node's address is reachable from the host on kind's docker network; unlike `kubectl port-forward`, a
+  # NodePort does not time out streams when many WebSockets open at once.
+  local name=$1 port=$2 selector=$3 labels="" address node_port
+  for pair in ${selector//,/ }; do labels+="\"${pair%%=*}\": \"${pair#*=}\", "; done
+  k apply -f - >/dev/null <<JSON
+{"apiVersion": "v1", "kind": "Service", "metadata": {"name": "$name", "labels": {"e2e": "suite"}},
+ "spec": {"type": "NodePort", "selector": {${labels%, }}, "ports": [{"port": $port, "targetPort": $port}]}}
+JSON
+  address="$("$KUBECTL" --context "$CONTEXT" get nodes -o jsonpath='{.items[0].status.addresses[?(@.type=="InternalIP")].address}')"
+  node_port="$(k get service "$name" -o jsonpath='{.spec.ports[0].nodePort}')"
   for _ in $(seq 1 100); do
-    if curl -sf -o /dev/null -m 2 "http://127.0.0.1:$2/readyz"; then return 0; fi
-    sleep 0.2
+    if curl -sf -o /dev/null -m 2 "http://$address:$node_port/readyz"; then echo "http://$address:$node_port"; return 0; fi
+    sleep 0.3
   done
-  echo "port-forward to $1 did not answer /readyz" >&2
+  echo "NodePort Service $name (http://$address:$node_port) did not answer /readyz" >&2
   return 1
 }
 
@@ -149,9 +147,10 @@ rabbitmq_ready "$NAMESPACE"
 
 log "helm install $RELEASE --wait"
 "$HELM" upgrade --install "$RELEASE" deploy/helm/durable-chat --kube-context "$CONTEXT" -n "$NAMESPACE" \
-  -f deploy/helm/durable-chat/ci/kind-values.yaml --wait --timeout 5m
+  -f deploy/helm/durable-chat/ci/kind-values.yaml --wait --timeout 5m | grep -E '^(STATUS|REVISION)'
 log "helm test $RELEASE"
-"$HELM" test "$RELEASE" --kube-context "$CONTEXT" -n "$NAMESPACE" --logs --timeout 3m
+# (no --logs: the chart's hook-delete-policy removes the pod once it succeeded; its phase is printed)
+"$HELM" test "$RELEASE" --kube-context "$CONTEXT" -n "$NAMESPACE" --timeout 3m | grep -E '^(TEST SUITE|Phase)'
 
 log "Kustomize overlay kind in $KUSTOMIZE_NAMESPACE"
 rabbitmq_ready "$KUSTOMIZE_NAMESPACE"
@@ -163,22 +162,25 @@ done
 "$KUBECTL" --context "$CONTEXT" delete namespace "$KUSTOMIZE_NAMESPACE" --wait=false >/dev/null
 
 if [[ "${SKIP_SUITE:-0}" != 1 ]]; then
-  log "port-forwards"
-  mapfile -t CHAT_PODS < <(k get pods -l app.kubernetes.io/instance=$RELEASE,app.kubernetes.io/component=chat \
-    --field-selector=status.phase=Running -o jsonpath='{range .items[*]}{.metadata.name}{"\n"}{end}')
+  log "NodePort Services to each chat pod and to history"
+  SELECTOR="app.kubernetes.io/instance=$RELEASE,app.kubernetes.io/component=chat"
+  mapfile -t CHAT_PODS < <(k get pods -l "$SELECTOR" --field-selector=status.phase=Running \
+    -o jsonpath='{range .items[*]}{.metadata.name}{"\n"}{end}')
   ((${#CHAT_PODS[@]} >= 2)) || { echo "expected 2 running chat pods, got: ${CHAT_PODS[*]}" >&2; exit 1; }
-  P1=$(free_port); P2=$(free_port); P3=$(free_port)
-  port_forward "pod/${CHAT_PODS[0]}" "$P1" 8000
-  port_forward "pod/${CHAT_PODS[1]}" "$P2" 8000
-  port_forward "svc/$RELEASE-durable-chat-history" "$P3" 8001
+  k label pod "${CHAT_PODS[0]}" e2e-replica=0 --overwrite >/dev/null
+  k label pod "${CHAT_PODS[1]}" e2e-replica=1 --overwrite >/dev/null
+  CHAT0="$(node_service e2e-chat-0 8000 "$SELECTOR,e2e-replica=0")"
+  CHAT1="$(node_service e2e-chat-1 8000 "$SELECTOR,e2e-replica=1")"
+  HISTORY_URL="$(node_service e2e-history 8001 "app.kubernetes.io/instance=$RELEASE,app.kubernetes.io/component=history")"
 
-  log "pytest tests/e2e and the chat page against the cluster"
+  log "pytest tests/e2e and the chat page against the cluster ($CHAT0, $CHAT1; history $HISTORY_URL)"
+  # test_core_rabbitmq310.py re-runs test_core's tests on a private RabbitMQ 3.10 node: against the cluster they
+  # would be the same tests on the same broker and rooms twice.
   # shellcheck disable=SC2086
-  DURABLE_CHAT_E2E_CHAT_URLS="http://127.0.0.1:$P1,http://127.0.0.1:$P2" \
-  DURABLE_CHAT_E2E_HISTORY_URL="http://127.0.0.1:$P3" \
-    "$PYTHON" -m pytest tests/e2e --ignore=tests/e2e/kind/test_kind_chaos.py -m "not slow" -p no:cacheprovider \
-    ${PYTEST_ARGS:-}
-  stop_forwards
+  DURABLE_CHAT_E2E_CHAT_URLS="$CHAT0,$CHAT1" DURABLE_CHAT_E2E_HISTORY_URL="$HISTORY_URL" \
+    "$PYTHON" -m pytest tests/e2e --ignore=tests/e2e/kind/test_kind_chaos.py \
+    --ignore=tests/e2e/test_core_rabbitmq310.py -m "not slow" -p no:cacheprovider ${PYTEST_ARGS:-}
+  k delete service -l e2e=suite --wait=false >/dev/null
 fi
 
 log "pytest tests/e2e/kind/test_kind_chaos.py (pods deleted, helm upgrade and rollback, under load)"

@@ -67,7 +67,6 @@ S
   tar -C src -xzf "dl/kubernetes_${K8S_DEB%%-*}.orig.tar.gz"
   mkdir -p src/debsrc && tar -xJf dl/kubernetes_*.debian.tar.xz -C src/debsrc
   (cd "src/$K8S_SRC" && while read -r p; do [[ -n "$p" ]] && patch -p1 -s <"../debsrc/debian/patches/$p"; done <../debsrc/debian/patches/series)
-  patch -d "src/$K8S_SRC" -p1 -s <"$HERE/hostpath-provisioner-0777.patch"
   done_ fetch
 }
 
@@ -102,6 +101,7 @@ debootstrap_root() {  # name suite packages
 }
 
 step_roots() {  # four minbase roots; they download in parallel (network-bound, unlike the build)
+  is_done root-node && is_done root-proxy && is_done root-python && is_done root-rabbitmq && return
   step "debootstrap roots: node, kube-proxy, python (bookworm), rabbitmq (trixie)"
   local pids=()
   debootstrap_root node bookworm systemd,systemd-sysv,dbus,containerd,runc,containernetworking-plugins,conntrack,iptables,nftables,iproute2,ethtool,util-linux,mount,kmod,libseccomp2,pigz,fuse-overlayfs,bash,ca-certificates,jq,procps,socat,iputils-ping,curl & pids+=($!)
