@@ -16,6 +16,7 @@ import orjson
 import pytest
 from structlog.testing import capture_logs
 
+from services.chat.hub import Subscriber
 from services.chat.relay import PublishFailed
 from services.chat.service import ChatService
 from services.chat.settings import ChatConfig, ChatSettings
@@ -164,3 +165,26 @@ async def test_a_graceful_stop_during_slow_writes_acks_only_what_it_stored(
     assert acked <= set(stored), f"{len(acked - set(stored))} acked but not stored"
     assert len(stored) == len(set(stored))
     assert acked and left, f"the stop happened among the writes ({len(acked)} acked, {len(left)} left)"
+
+
+async def test_leaving_a_replica_closes_its_clients_1012_before_the_broker_link(amqp_url: str) -> None:
+    config = ChatConfig(
+        chat=ChatSettings(history_url="http://127.0.0.1:9"),
+        amqp=AmqpSettings(url=amqp_url, heartbeat_s=2, reconnect_max_s=0.2),
+        log=LogSettings(),
+    )
+    closed: list[tuple[int, bool]] = []
+    async with ChatService(config) as service:
+        await until(lambda: service.ready)
+
+        async def send_text(text: str) -> None:
+            return None
+
+        async def close(code: int, reason: str) -> None:
+            closed.append((code, service.ready))
+            service.hub.unsubscribe(subscriber)  # what the connection's handler does once its socket is closed
+
+        subscriber = Subscriber("room", send_text, close, 10, False)
+        service.hub.subscribe(subscriber)
+    assert closed == [(1012, True)], "closed with 1012 while the replica was still connected"
+    assert len(service.hub) == 0

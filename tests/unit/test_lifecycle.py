@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -21,12 +22,13 @@ from services.common.amqp import BrokerLink
 from services.common.ids import UlidGenerator
 from services.common.lifecycle import Faults, InjectedFault, Supervisor, Unrecoverable
 from services.common.schema import ChatMessage
-from services.common.settings import AmqpSettings
+from services.common.settings import AmqpSettings, LogSettings
 from services.history import consumer as consumer_module
 from services.history.consumer import HistoryConsumer
 from services.history.metrics import HistoryMetrics
-from services.history.settings import HistorySettings
-from services.history.store import WriteResult
+from services.history.service import HistoryService
+from services.history.settings import HistoryConfig, HistorySettings
+from services.history.store import PageQuery, StoreClosed, ThreadedStore, WriteResult
 
 ids = UlidGenerator()
 
@@ -372,3 +374,26 @@ async def test_readable_dead_letters_are_stored_and_acked_unreadable_ones_held_a
         assert consumer._metrics.dlq_stored._value.get() == 3
         await consumer.on_lost()
     assert consumer._metrics.dlq_unreadable._value.get() == 0, "returned to the DLQ with the connection"
+
+
+# --- LevelDB is the lifespan's, not the constructor's -------------------------------------------------------
+
+
+def test_constructing_the_history_service_does_not_open_leveldb(tmp_path: Path) -> None:
+    """Opening takes LevelDB's lock: an app built twice (or imported by a tool) must not hold it."""
+    data_dir = tmp_path / "db"
+    config = HistoryConfig(history=HistorySettings(data_dir=str(data_dir)), amqp=AmqpSettings(), log=LogSettings())
+    HistoryService(config)
+    HistoryService(config)
+    assert not data_dir.exists()
+
+
+async def test_the_store_is_open_only_inside_its_context(tmp_path: Path) -> None:
+    store = ThreadedStore(str(tmp_path / "db"))
+    assert store.closed
+    async with store:
+        assert not store.closed
+        assert await store.page(PageQuery(room="r", limit=10)) == []
+    assert store.closed
+    with pytest.raises(StoreClosed):
+        await store.page(PageQuery(room="r", limit=10))
