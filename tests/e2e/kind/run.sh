@@ -33,6 +33,8 @@ PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
 HELM="$ROOT/.tools/bin/helm"
 LOGS="$ROOT/test-artifacts/kind"
 T0=$(date +%s)
+SUITE_RC=0
+CHAOS_RC=0
 
 log() { printf '\n== [+%ss] %s\n' "$(($(date +%s) - T0))" "$*" >&2; }
 missing() { printf 'kind e2e: %s\n' "$*" >&2; exit 2; }
@@ -179,7 +181,7 @@ if [[ "${SKIP_SUITE:-0}" != 1 ]]; then
   # shellcheck disable=SC2086
   DURABLE_CHAT_E2E_CHAT_URLS="$CHAT0,$CHAT1" DURABLE_CHAT_E2E_HISTORY_URL="$HISTORY_URL" \
     "$PYTHON" -m pytest tests/e2e --ignore=tests/e2e/kind/test_kind_chaos.py \
-    --ignore=tests/e2e/test_core_rabbitmq310.py -m "not slow" -p no:cacheprovider ${PYTEST_ARGS:-}
+    --ignore=tests/e2e/test_core_rabbitmq310.py -m "not slow" -p no:cacheprovider ${PYTEST_ARGS:-} || SUITE_RC=$?
   k delete service -l e2e=suite --wait=false >/dev/null
 fi
 
@@ -187,6 +189,11 @@ log "pytest tests/e2e/kind/test_kind_chaos.py (pods deleted, helm upgrade and ro
 # shellcheck disable=SC2086
 DURABLE_CHAT_KIND_CONTEXT="$CONTEXT" DURABLE_CHAT_KIND_NAMESPACE="$NAMESPACE" DURABLE_CHAT_KIND_RELEASE="$RELEASE" \
 KUBECTL="$KUBECTL" HELM="$HELM" \
-  "$PYTHON" -m pytest tests/e2e/kind/test_kind_chaos.py -p no:cacheprovider ${PYTEST_ARGS:-}
+  "$PYTHON" -m pytest tests/e2e/kind/test_kind_chaos.py -p no:cacheprovider ${PYTEST_ARGS:-} || CHAOS_RC=$?
 
+# Both phases run whatever the first gave: one run reports every failure.
+if ((SUITE_RC || CHAOS_RC)); then
+  echo "kind e2e: suite rc $SUITE_RC, cluster tests rc $CHAOS_RC" >&2
+  exit 1
+fi
 log "kind e2e passed"
