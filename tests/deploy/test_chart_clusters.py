@@ -137,6 +137,22 @@ def test_httproute_schema_catches_what_the_gateway_api_refuses() -> None:
             jsonschema.validate({**good, "spec": {**good["spec"], **spec}}, HTTP_ROUTE)
 
 
+def test_kustomize_gateway_api_component_is_the_chart_route(kubectl: str, render: Renderer, tmp_path: Path) -> None:
+    component = os.path.relpath(KUSTOMIZE / "components" / "gateway-api", tmp_path)
+    base = os.path.relpath(KUSTOMIZE / "base", tmp_path)
+    (tmp_path / "kustomization.yaml").write_text(f"resources: [{base}]\ncomponents: [{component}]\n")
+    route = find(load_docs(run([kubectl, "kustomize", str(tmp_path)]).stdout), "HTTPRoute")
+    jsonschema.validate(route, HTTP_ROUTE)
+    chart = find(render.docs(release="durable-chat", sets=("chat.httpRoute.enabled=true",
+                                                          "chat.httpRoute.parentRefs[0].name=gateway")), "HTTPRoute")
+    tool_labels = ("helm.sh/chart", "app.kubernetes.io/version", "app.kubernetes.io/managed-by",
+                   "app.kubernetes.io/part-of")
+    for doc in (route, chart):
+        for label in tool_labels:
+            doc["metadata"]["labels"].pop(label, None)
+    assert route == chart
+
+
 def test_httproute_needs_a_gateway(render: Renderer) -> None:
     error = render.fails(sets=("chat.httpRoute.enabled=true",))
     assert "chat.httproute.parentrefs" in error.lower(), error
