@@ -25,6 +25,7 @@ import aio_pika
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractConnection
 
+from services.common.brokers import BrokerRotation, describe, split_urls
 from services.common.lifecycle import Supervisor, Unrecoverable, stop_within
 from services.common.settings import AmqpSettings
 
@@ -52,6 +53,7 @@ class BrokerLink:
         on_lost: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._settings = settings
+        self._brokers = BrokerRotation(split_urls(settings.url))  # AMQP_URL may list a cluster's nodes
         self._name = name
         self._setup = setup
         self._supervisor = supervisor
@@ -124,7 +126,9 @@ class BrokerLink:
         )
 
     async def _connect_and_setup(self, tasks: asyncio.TaskGroup) -> list[AbstractChannel]:
-        self._connection = await self._until_stopped(self._connect(self._settings.url))
+        url = self._brokers.next()
+        self._connection = await self._until_stopped(self._connect(url))
+        log.info("broker node", link=self._name, node=describe(url), nodes=len(self._brokers))
         self._set_up = True
         channels = await self._setup(self._connection, tasks)
         self._ready.set()
