@@ -99,6 +99,10 @@ def test_labels_and_selectors(render: Renderer, values_case: ValuesCase) -> None
             assert len(targets) == 1, f"Service {doc['metadata']['name']} selects {targets}"
         if doc["kind"] == "PodDisruptionBudget":
             selector = doc["spec"]["selector"]["matchLabels"]
+            if doc["metadata"]["labels"].get("app.kubernetes.io/component") == "rabbitmq":
+                # the operator's pods, not rendered here: selected by the label it gives them
+                assert selector == {"app.kubernetes.io/name": find(docs, "RabbitmqCluster")["metadata"]["name"]}
+                continue
             assert [n for n, labels in pods.items() if selector.items() <= labels.items()] == [
                 find(docs, "Deployment", "-chat")["metadata"]["name"]
             ]
@@ -266,6 +270,19 @@ def test_rabbitmq_cluster_supplies_amqp_url(render: Renderer) -> None:
         names = list(env)
         inputs = [names.index(f"RABBITMQ_DEFAULT_USER_{v}") for v in ("USERNAME", "PASSWORD", "HOST", "PORT")]
         assert names.index("AMQP_URL") > max(inputs), "$(VAR) expands only variables defined earlier"
+
+
+def test_rabbitmq_cluster_has_a_disruption_budget_of_one_node(render: Renderer) -> None:
+    docs = render.docs((str(CHART / "ci" / "rabbitmq-cluster-values.yaml"),))
+    cluster = find(docs, "RabbitmqCluster")
+    name = cluster["metadata"]["name"]
+    pdb = next(d for d in docs if d["kind"] == "PodDisruptionBudget" and d["metadata"]["name"] == name)
+    assert cluster["spec"]["replicas"] == 3 and pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"] == {"app.kubernetes.io/name": cluster["metadata"]["name"]}
+    docs = render.docs((str(CHART / "ci" / "rabbitmq-cluster-values.yaml"),),
+                       ("rabbitmq.cluster.podDisruptionBudget.enabled=false",))
+    assert [d["metadata"]["name"] for d in docs if d["kind"] == "PodDisruptionBudget"] == [
+        find(docs, "Deployment", "-chat")["metadata"]["name"]]
 
 
 def test_secrets_never_land_in_configmaps(render: Renderer) -> None:
