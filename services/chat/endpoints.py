@@ -130,10 +130,11 @@ async def _serve(websocket: WebSocket, service: ChatService) -> None:
         if session.cursor_error is not None:
             _reply_error(service, subscriber, session.cursor_error)
         gap = await service.sync.deliver_backlog(subscriber, session.cursor, session.token)
-        service.metrics.history_fetches.labels(result="ok" if gap is None else "unavailable").inc()
+        service.metrics.history_fetches.labels(result="ok" if gap is None else gap.reason).inc()
         service.metrics.sync_seconds.observe(time.perf_counter() - started)
         if gap is not None:
-            service.metrics.errors.labels(code="history_unavailable").inc()
+            if gap.reason == "unavailable":
+                service.metrics.errors.labels(code="history_unavailable").inc()
             backfill = asyncio.create_task(_backfill(service, subscriber, gap, session.token), name="ws-backfill")
         await _receive_loop(websocket, service, session, subscriber)
     except WebSocketDisconnect:

@@ -7,10 +7,12 @@ from collections.abc import AsyncIterator
 import httpx
 import orjson
 
+from services.chat.catchup import HistoryProgress
 from services.chat.hub import Entry
 from services.common.schema import ChatMessage, InvalidMessage, message_frame_from_wire
 
 NDJSON = "application/x-ndjson"
+PROGRESS_TIMEOUT_S = 2.0
 
 
 class HistoryUnavailable(Exception):
@@ -37,6 +39,15 @@ class HistoryClient:
         if before is not None:
             params["before"] = before
         return [entry async for entry in self._page(room, params, token)]
+
+    async def progress(self) -> HistoryProgress | None:
+        """History's delivery counters, or None when it does not answer (see services/chat/catchup.py)."""
+        try:
+            response = await self._http.get("/progress", timeout=PROGRESS_TIMEOUT_S)
+            body = response.json() if response.status_code == 200 else None
+            return HistoryProgress(str(body["boot"]), int(body["received"]), int(body["settled"])) if body else None
+        except (httpx.HTTPError, ValueError, KeyError, TypeError):
+            return None
 
     async def lookup(self, room: str, ids: list[str], token: str | None) -> list[ChatMessage]:
         return [message async for message, _ in self._page(room, {"ids": ",".join(ids)}, token)]

@@ -13,7 +13,7 @@ ERROR_CODES = (
     "publish_failed", "history_unavailable", "bad_room", "bad_after", "unauthorized",
 )
 CLOSE_CODES = ("1008", "1012", "1013")
-HISTORY_FETCH_RESULTS = ("ok", "unavailable", "backfilled")
+HISTORY_FETCH_RESULTS = ("ok", "unavailable", "lagging", "backfilled")
 SEND_BUFFER_LIMITS = ("frames", "bytes")
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 

@@ -24,6 +24,7 @@ from aio_pika.abc import AbstractChannel, AbstractConnection
 from aiormq.abc import DeliveredMessage
 from pamqp import commands as spec
 
+from services.chat.catchup import HistoryCatchUp, HistoryProgress
 from services.chat.hub import Entry, Hub
 from services.chat.metrics import ChatMetrics
 from services.chat.ring import RecentRing
@@ -34,7 +35,8 @@ from services.common.settings import AmqpSettings
 from services.common.topology import declare_replica_queue, declare_topology
 
 log = structlog.get_logger(__name__)
-QUEUE_POLL_INTERVAL_S = 5.0
+# Every second: a sync trusts that history has caught up only on a recent poll (services/chat/catchup.py).
+QUEUE_POLL_INTERVAL_S = 1.0
 DRAIN_TIMEOUT_S = 5.0
 
 
@@ -55,6 +57,7 @@ class ChatRelay:
         ids: UlidGenerator | None = None,
         on_fanout: Callable[[int], None] | None = None,
         faults: Faults | None = None,
+        catch_up: HistoryCatchUp | None = None,
     ) -> None:
         self._amqp = amqp
         self._hub = hub
@@ -71,6 +74,12 @@ class ChatRelay:
         self._tasks: list[asyncio.Task[None]] = []
         self._on_fanout = on_fanout
         self._faults = faults or Faults()
+        self._catch_up = catch_up or HistoryCatchUp(_no_progress)
+
+    @property
+    def history_caught_up(self) -> bool:
+        """Whether history has stored what was published before this replica's queue was bound (see sync)."""
+        return self._catch_up.caught_up
 
     @property
     def ready(self) -> bool:
@@ -94,6 +103,7 @@ class ChatRelay:
         await consume_channel.set_qos(prefetch_count=self._amqp.prefetch)
         queue = await declare_replica_queue(consume_channel, topology.exchange)
         self._inbox = []
+        self._catch_up.reset()  # a new queue: what was routed to the old one is history's alone to hold
         self._fanout = tasks.create_task(self._fanout_loop(), name="relay-fanout")
         self._tasks = [self._fanout, tasks.create_task(self._poll_history_queue(connection), name="relay-queue-poll")]
         # Consume on aiormq's channel: aio-pika would wrap every delivery in an IncomingMessage and a second
@@ -110,6 +120,7 @@ class ChatRelay:
     async def on_lost(self) -> None:
         self._publish_channel = None
         self._consumer = None
+        self._catch_up.reset()
         self._metrics.broker_connected.set(0)
         tasks, self._tasks, self._fanout = self._tasks, [], None
         await cancel_and_wait(tasks)
@@ -219,7 +230,8 @@ class ChatRelay:
         return items
 
     async def _poll_history_queue(self, connection: AbstractConnection) -> None:
-        """Export the history backlog from here too, so its alert fires while the history service is down."""
+        """Export the history backlog from here too, so its alert fires while the history service is down; note
+        whether history has caught up with its queue."""
         channel: AbstractChannel | None = None
         while True:
             try:
@@ -229,9 +241,15 @@ class ChatRelay:
                 result = queue.declaration_result
                 self._metrics.history_queue_messages.set(result.message_count or 0)
                 self._metrics.history_queue_consumers.set(result.consumer_count or 0)
+                await self._catch_up.observe(result.message_count or 0, result.consumer_count or 0)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("history queue poll failed", error=repr(exc)[:200])
                 channel = None
+                self._catch_up.reset()
             await asyncio.sleep(QUEUE_POLL_INTERVAL_S)
+
+
+async def _no_progress() -> HistoryProgress | None:
+    return None

@@ -14,6 +14,7 @@ from types import TracebackType
 
 import structlog
 
+from services.chat.catchup import HistoryCatchUp
 from services.chat.history_client import HistoryClient
 from services.chat.hub import Hub, SendBounds
 from services.chat.idempotency import IdempotencyCache
@@ -57,7 +58,8 @@ class ChatService:
         self.client_address = ClientAddress(config.chat.trusted_proxies)
         self.history = HistoryClient(config.chat.history_url, config.chat.history_timeout_s)
         self.sync = BacklogSync(
-            self.history, self.ring, config.chat.recovery_window_ms, config.chat.history_on_connect
+            self.history, self.ring, config.chat.recovery_window_ms, config.chat.history_on_connect,
+            history_caught_up=lambda: self.relay is not None and self.relay.history_caught_up,
         )
         self.origin = ""
         self.supervisor: Supervisor | None = None
@@ -77,7 +79,10 @@ class ChatService:
         stack.callback(self.ring.close)
         stack.callback(self.idempotency.close)
         self.supervisor = await stack.enter_async_context(Supervisor("chat", on_fatal))
-        relay = ChatRelay(self.config.amqp, self.hub, self.ring, self.metrics, self.origin, faults=Faults.from_env())
+        relay = ChatRelay(
+            self.config.amqp, self.hub, self.ring, self.metrics, self.origin, faults=Faults.from_env(),
+            catch_up=HistoryCatchUp(self.history.progress),
+        )
         self.relay = relay
         link = BrokerLink(self.config.amqp, f"durable-chat-{self.origin}", relay.setup, self.supervisor, self._on_lost)
         self.link = await stack.enter_async_context(link)

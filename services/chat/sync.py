@@ -9,6 +9,11 @@ When history cannot be read in full, ``synced`` says ``complete: false`` and the
 how far history was read and which other ids went out since. ``backfill`` retries until history answers, sends
 what the client still lacks for the cursor it connected with (each id at most once), then ``synced`` again with
 ``complete: true``.
+
+History answering is not enough when it is behind its queue (just restarted, or after a broker restart that took
+this replica's queue and what was routed to it): a message it has not stored yet and that this replica's ring
+does not hold would be missed for good. So a sync that starts while history is not caught up is incomplete too;
+its gap holds every id sent, and the backfill waits until history has caught up, then reads the backlog again.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import orjson
@@ -62,6 +67,7 @@ class Gap:
     history_through: str | None
     sent: set[str]
     last: str | None
+    reason: str  # "unavailable" (the client got history_unavailable) or "lagging" (history behind its queue)
 
 
 @dataclass(slots=True)
@@ -72,28 +78,42 @@ class _Progress:
     last: str | None = None
     recent_ids: set[str] = field(default_factory=set)
     history_through: str | None = None  # the last id read from history, wanted or not
+    every_id: set[str] | None = None  # kept (up to the bound) when the sync cannot be complete anyway
 
     def sent(self, message: ChatMessage) -> None:
         if self.last is None or message.id > self.last:
             self.last = message.id
         if message.ts >= self.recent_floor_ms:
             self.recent_ids.add(message.id)
+        if self.every_id is not None and len(self.every_id) <= BACKFILL_MAX_TRACKED_IDS:
+            self.every_id.add(message.id)
 
 
 class BacklogSync:
-    def __init__(self, history: HistoryClient, ring: RecentRing, window_ms: int, on_connect_limit: int) -> None:
+    def __init__(
+        self,
+        history: HistoryClient,
+        ring: RecentRing,
+        window_ms: int,
+        on_connect_limit: int,
+        history_caught_up: Callable[[], bool] = lambda: True,
+    ) -> None:
         self._history = history
         self._ring = ring
         self._window_ms = window_ms
         self._on_connect_limit = on_connect_limit
+        self._caught_up = history_caught_up
 
     async def deliver_backlog(
         self, subscriber: Subscriber, cursor: Cursor | None, token: str | None
     ) -> Gap | None:
         """Deliver the backlog, the held live messages, then `synced`; return the gap if history failed."""
         room = subscriber.room
+        lagging = not self._caught_up()
         # Live messages that repeat backlog ones are recent: only those ids need remembering.
-        progress = _Progress(recent_floor_ms=int(time.time() * 1000) - 2 * self._window_ms)
+        progress = _Progress(
+            recent_floor_ms=int(time.time() * 1000) - 2 * self._window_ms, every_id=set() if lagging else None
+        )
         ring = self._ring.snapshot(room)
         unsent_ring: list[Entry] = []
         gap: Gap | None = None
@@ -114,12 +134,20 @@ class BacklogSync:
                     await self._send(subscriber, progress, message, frame)
         except HistoryUnavailable as exc:
             log.warning("history unavailable for backlog", room=room, error=str(exc))
-            gap = Gap(cursor, progress.history_through, set(), None)
+            # Behind its queue, history may still store ids below the point it was read to: read it all again.
+            gap = Gap(
+                cursor, None if lagging else progress.history_through, progress.every_id or set(), None, "unavailable"
+            )
             subscriber.push(error_frame("history_unavailable", "history is unavailable; showing recent messages"))
             for message, frame in unsent_ring:
                 if progress.last is None or message.id > progress.last:
                     await self._send(subscriber, progress, message, frame)
                     gap.sent.add(message.id)
+        else:
+            if progress.every_id is not None:
+                log.info("history is behind its queue: sync incomplete until it catches up", room=room)
+                gap = Gap(cursor, None, progress.every_id, None, "lagging")
+        if gap is not None:
             # From here on every live id this connection gets is remembered, so the backfill never repeats one.
             subscriber.track_live(gap.sent)
         for message, frame in subscriber.finish_sync(progress.recent_ids, self._window_ms / 1000):
@@ -148,6 +176,8 @@ class BacklogSync:
                 log.warning("history gap open too long; client sent to reconnect", room=subscriber.room)
                 subscriber.close_soon(CLOSE_SERVICE_RESTART, "history unavailable; reconnect with your cursor")
                 return False
+            if not self._caught_up():  # what it would read now may still grow below where it reads from
+                continue
             try:
                 sent = await self._send_gap(subscriber, gap, token)
             except HistoryUnavailable as exc:
@@ -165,9 +195,12 @@ class BacklogSync:
         """Send the stored messages the gap owes that this connection has not had; resumable on failure."""
         room = subscriber.room
         if gap.cursor is None:
-            # The client wanted the room's newest messages: those older than anything it got since.
-            before = min(gap.sent, default=None)
-            entries = await self._history.latest(room, self._on_connect_limit, token, before=before)
+            # The client wanted the room's newest messages: those stored late among the newest, and those older
+            # than anything it got since.
+            entries = await self._history.latest(room, self._on_connect_limit, token)
+            if gap.sent:
+                older = await self._history.latest(room, self._on_connect_limit, token, before=min(gap.sent))
+                entries = sorted({entry[0].id: entry for entry in entries + older}.values(), key=_by_id)
             return await self._send_owed(subscriber, gap, _listed(entries))
         ring = self._ring.snapshot(room)
         wanted = self._filter(gap.cursor, ring, await self._lookup(room, gap.cursor, ring, token))
@@ -223,6 +256,10 @@ async def _recording(entries: AsyncIterator[Entry], progress: _Progress | Gap) -
     async for entry in entries:
         progress.history_through = entry[0].id
         yield entry
+
+
+def _by_id(entry: Entry) -> str:
+    return entry[0].id
 
 
 async def _listed(entries: list[Entry]) -> AsyncIterator[Entry]:

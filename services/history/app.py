@@ -28,6 +28,7 @@ def create_app(config: HistoryConfig, serve_metrics: bool | None = None) -> Star
             Route("/rooms/{room}/messages", endpoints.list_messages),
             Route("/healthz", endpoints.healthz),
             Route("/readyz", endpoints.readyz),
+            Route("/progress", endpoints.progress),
         ],
         serve_metrics=config.history.metrics_port == 0 if serve_metrics is None else serve_metrics,
         middleware=[Middleware(RequestTimer, observe=observe, path_prefix="/rooms/")],

@@ -81,6 +81,10 @@ class HistoryConsumer:
         self._stopping = False
         self._writing = 0  # deliveries in the batch being written
         self.storage_failed = False
+        # Deliveries taken from the broker and settled (written, or set aside as unreadable), in delivery order:
+        # once `settled` reaches what `received` was at some moment, everything delivered before it is stored.
+        self.received = 0
+        self.settled = 0
 
     @property
     def consuming(self) -> bool:
@@ -98,6 +102,7 @@ class HistoryConsumer:
     async def setup(self, connection: AbstractConnection, tasks: asyncio.TaskGroup) -> list[AbstractChannel]:
         """Run by the broker link at every (re)connect; the tasks live as long as this connection."""
         self._pending = []
+        self.received = self.settled  # what the lost connection held comes back as new deliveries
         self._consumer_tag = self._dlq_consumer_tag = None
         channel = await connection.channel(publisher_confirms=False)
         await channel.set_qos(prefetch_count=self._amqp.prefetch)
@@ -164,6 +169,7 @@ class HistoryConsumer:
 
     async def _on_delivery(self, message: DeliveredMessage) -> None:
         # Called once per delivery by aiormq; it only queues, one drain task does the work in batches.
+        self.received += 1
         self._pending.append(message)
         self._has_pending.set()
 
@@ -194,6 +200,7 @@ class HistoryConsumer:
             except InvalidMessage as exc:
                 await self._unreadable(delivery, exc)
         if not accepted:
+            self.settled += len(batch)
             return
         started = time.perf_counter()
         self._writing = len(readable)
@@ -205,6 +212,7 @@ class HistoryConsumer:
         finally:
             self._writing = 0
         self._metrics.batch_seconds.observe(time.perf_counter() - started)
+        self.settled += len(batch)
         await self._ack(accepted)
         self._record(result, len(accepted))
 

@@ -115,6 +115,13 @@ async def healthz(_: Request) -> Response:
     return PlainTextResponse("ok")
 
 
+async def progress(request: Request) -> Response:
+    """Delivery counters, for chat replicas to tell when history has stored what was queued before a moment."""
+    service = _service(request)
+    consumer = service.consumer
+    return JSONResponse({"boot": service.boot, "received": consumer.received, "settled": consumer.settled})
+
+
 async def readyz(request: Request) -> Response:
     problems = _service(request).readiness_problems()
     if problems:

@@ -14,6 +14,7 @@ import structlog
 
 from services.common.amqp import BrokerLink
 from services.common.auth import TokenVerifier
+from services.common.ids import new_origin
 from services.common.lifecycle import Faults, OnFatal, Supervisor
 from services.history.consumer import HistoryConsumer
 from services.history.metrics import HistoryMetrics
@@ -33,6 +34,7 @@ class HistoryService:
         self.store = ThreadedStore(config.history.data_dir, faults)
         self.consumer = HistoryConsumer(self.store, config.history, config.amqp, self.metrics, faults)
         self.supervisor = Supervisor("history")
+        self.boot = new_origin()  # tells readers of /progress that the counters started again
         self.link: BrokerLink | None = None
         self._stack: AsyncExitStack | None = None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import pytest
@@ -75,6 +76,41 @@ async def test_a_client_that_reconnects_keeps_its_connect_cursor_until_a_complet
         assert held_after_first(a) == scenario.expected
         # A resume with an older cursor repeats what the client holds; it drops those by id (contract section 3).
         assert set(a.duplicates) <= set(scenario.live) | set(scenario.missed)
+    finally:
+        await a.close()
+        await scenario.close()
+
+
+QUEUED = 1500
+
+
+@pytest.mark.topology_env(
+    {**GAP_TOPOLOGY_ENV, "HISTORY_BATCH_MAX": "100", "DURABLE_CHAT_TEST_FAULTS": "history.write.delay_s=0.5"}
+)
+async def test_a_client_that_syncs_while_history_drains_its_queue_still_gets_everything_once(
+    endpoints: Endpoints,
+) -> None:
+    """History answers but is behind its queue (it was down; it drains slowly): a sync then cannot be complete,
+    since what history has not stored yet is no longer in any ring."""
+    topology = endpoints.local()
+    scenario = GapScenario(endpoints, f"drain-{uuid.uuid4().hex[:8]}")
+    a = ChatClient(endpoints.ws_urls, scenario.room, name="a")
+    try:
+        await a.connect(0)
+        first = await scenario.send(1, "first")
+        await a.wait_for(lambda: first[0] in a.unique)
+        await a.close()
+        topology.history.kill()
+        queued = await scenario.send(QUEUED, "queued")  # confirmed: they wait in history's queue
+        await scenario.history_down(past_ring_window=True)  # and leave the rings
+        await scenario.history_up()  # answers at once, stores 100 messages every half second
+        await a.reconnect(0)
+        assert a.errors == []  # history answered: it is behind, not unavailable
+        assert [f["complete"] for f in a.frames if f["type"] == "synced"][-1] is False
+        await scenario.send_live()
+        await asyncio.wait_for(a.complete.wait(), 120)
+        assert set(queued) | set(scenario.live) <= set(a.unique)
+        assert a.duplicates == []
     finally:
         await a.close()
         await scenario.close()

@@ -238,3 +238,29 @@ async def test_a_gap_held_too_long_on_a_busy_room_closes_1012(monkeypatch: pytes
     connection.live(*(make("A") for _ in range(11)))
     assert not await connection.sync.backfill(connection.subscriber, gap, None)
     assert connection.subscriber.close_code == 1012
+
+
+async def test_a_sync_while_history_is_behind_its_queue_is_incomplete_and_backfilled_once_it_catches_up() -> None:
+    seen = make("A")
+    late = [make("B") for _ in range(5)]  # ids below the last stored one, stored only after the sync read
+    stored = [make("A") for _ in range(10)]
+    history = FakeHistory([seen, *stored])
+    caught_up = False
+    recorder = Recorder()
+    subscriber = Subscriber("r", recorder.send, recorder.close, 10_000, False)
+    sync = BacklogSync(history, RecentRing(10_000), 10_000, 100, history_caught_up=lambda: caught_up)  # type: ignore[arg-type]
+    gap = await sync.deliver_backlog(subscriber, Cursor((seen[0].id,)), None)
+    assert gap is not None and gap.reason == "lagging"
+    backfill = asyncio.create_task(sync.backfill(subscriber, gap, None))
+    await asyncio.sleep(0.05)
+    assert not backfill.done()  # it waits for history to catch up
+    history.store(*late)
+    caught_up = True
+    assert await asyncio.wait_for(backfill, 5)
+    await asyncio.sleep(0.01)
+    await subscriber.aclose()
+    frames = recorder.frames
+    assert not [f for f in frames if f["type"] == "error"]  # behind is not unavailable
+    assert sorted(ids_of(frames)) == sorted(e[0].id for e in stored + late)
+    assert len(ids_of(frames)) == len(set(ids_of(frames)))
+    assert [f["complete"] for f in frames if f["type"] == "synced"] == [False, True]

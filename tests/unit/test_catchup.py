@@ -1,0 +1,64 @@
+"""When is history caught up with its queue: the rule of services/chat/catchup.py, with a scripted /progress."""
+
+from __future__ import annotations
+
+from services.chat.catchup import STALE_AFTER_S, HistoryCatchUp, HistoryProgress
+
+
+class Scripted:
+    def __init__(self) -> None:
+        self.answer: HistoryProgress | None = None
+
+    async def __call__(self) -> HistoryProgress | None:
+        return self.answer
+
+
+async def test_caught_up_once_history_settled_what_it_had_received_at_the_first_quiet_poll() -> None:
+    history = Scripted()
+    catch_up = HistoryCatchUp(history)
+    history.answer = HistoryProgress("b1", received=500, settled=200)  # its prefetch, not ready, not yet stored
+    await catch_up.observe(ready=0, consumers=1)
+    assert not catch_up.caught_up
+    history.answer = HistoryProgress("b1", received=900, settled=499)
+    await catch_up.observe(ready=0, consumers=1)
+    assert not catch_up.caught_up  # later deliveries do not move the mark
+    history.answer = HistoryProgress("b1", received=1200, settled=500)
+    await catch_up.observe(ready=0, consumers=1)
+    assert catch_up.caught_up
+
+
+async def test_ready_messages_no_consumer_no_answer_or_a_restart_start_over() -> None:
+    history = Scripted()
+    catch_up = HistoryCatchUp(history)
+    history.answer = HistoryProgress("b1", received=10, settled=10)
+    await catch_up.observe(ready=0, consumers=1)
+    assert catch_up.caught_up
+    for ready, consumers in [(3, 1), (0, 0)]:
+        await catch_up.observe(ready=ready, consumers=consumers)
+        assert not catch_up.caught_up
+        await catch_up.observe(ready=0, consumers=1)
+        assert catch_up.caught_up
+    history.answer = None
+    await catch_up.observe(ready=0, consumers=1)
+    assert not catch_up.caught_up
+    history.answer = HistoryProgress("b1", received=50, settled=10)
+    await catch_up.observe(ready=0, consumers=1)
+    history.answer = HistoryProgress("b2", received=5, settled=4)  # restarted: its own counters again
+    await catch_up.observe(ready=0, consumers=1)
+    assert not catch_up.caught_up
+    history.answer = HistoryProgress("b2", received=9, settled=5)
+    await catch_up.observe(ready=0, consumers=1)
+    assert catch_up.caught_up
+    catch_up.reset()
+    assert not catch_up.caught_up
+
+
+async def test_an_answer_older_than_the_stale_bound_is_not_trusted() -> None:
+    now = [100.0]
+    history = Scripted()
+    catch_up = HistoryCatchUp(history, clock=lambda: now[0])
+    history.answer = HistoryProgress("b1", received=1, settled=1)
+    await catch_up.observe(ready=0, consumers=1)
+    assert catch_up.caught_up
+    now[0] += STALE_AFTER_S + 0.1  # the poller stalled: history may have restarted meanwhile
+    assert not catch_up.caught_up
