@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from types import TracebackType
 
 import structlog
 
@@ -27,7 +26,7 @@ from services.chat.sync import BacklogSync
 from services.common.amqp import BrokerLink
 from services.common.auth import TokenVerifier
 from services.common.ids import new_origin
-from services.common.lifecycle import Faults, OnFatal, Supervisor
+from services.common.lifecycle import Faults, OnFatal, StackOwner, Supervisor
 from services.common.schema import SendRequest
 
 log = structlog.get_logger(__name__)
@@ -35,7 +34,7 @@ CLOSE_SERVICE_RESTART = 1012
 CLIENTS_CLOSE_TIMEOUT_S = 5.0
 
 
-class ChatService:
+class ChatService(StackOwner):
     def __init__(self, config: ChatConfig, metrics: ChatMetrics | None = None) -> None:
         self.config = config
         self.settings = config.chat
@@ -65,7 +64,6 @@ class ChatService:
         self.supervisor: Supervisor | None = None
         self.relay: ChatRelay | None = None
         self.link: BrokerLink | None = None
-        self._stack: AsyncExitStack | None = None
 
     async def open(self, stack: AsyncExitStack, on_fatal: OnFatal | None = None) -> None:
         """Enter the replica's long-lived parts into ``stack``, in the order that lets them leave cleanly."""
@@ -88,19 +86,6 @@ class ChatService:
         self.link = await stack.enter_async_context(link)
         await stack.enter_async_context(relay)
         await stack.enter_async_context(self._clients())
-
-    async def __aenter__(self) -> ChatService:
-        async with AsyncExitStack() as stack:
-            await self.open(stack)
-            self._stack = stack.pop_all()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        stack, self._stack = self._stack, None
-        if stack is not None:
-            await stack.aclose()
 
     @property
     def ready(self) -> bool:

@@ -14,7 +14,7 @@ import os
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 import structlog
 from prometheus_client import CollectorRegistry
@@ -149,6 +149,29 @@ class ServiceLike(Protocol):
     def metrics(self) -> _Metrics: ...
 
     async def open(self, stack: AsyncExitStack, on_fatal: OnFatal | None = None) -> None: ...
+
+
+class StackOwner:
+    """A service whose ``open(stack)`` enters its parts into the lifespan's exit stack; used on its own (tests,
+    tools) as ``async with``, it owns a stack of its own."""
+
+    _stack: AsyncExitStack | None = None
+
+    async def open(self, stack: AsyncExitStack, on_fatal: OnFatal | None = None) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        async with AsyncExitStack() as stack:
+            await self.open(stack)
+            self._stack = stack.pop_all()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            await stack.aclose()
 
 
 def build_app(

@@ -8,14 +8,13 @@ database on its own thread once every call before it is done.
 from __future__ import annotations
 
 from contextlib import AsyncExitStack
-from types import TracebackType
 
 import structlog
 
 from services.common.amqp import BrokerLink
 from services.common.auth import TokenVerifier
 from services.common.ids import new_origin
-from services.common.lifecycle import Faults, OnFatal, Supervisor
+from services.common.lifecycle import Faults, OnFatal, StackOwner, Supervisor
 from services.history.consumer import HistoryConsumer
 from services.history.metrics import HistoryMetrics
 from services.history.settings import HistoryConfig
@@ -24,7 +23,7 @@ from services.history.store import ThreadedStore
 log = structlog.get_logger(__name__)
 
 
-class HistoryService:
+class HistoryService(StackOwner):
     def __init__(self, config: HistoryConfig, metrics: HistoryMetrics | None = None) -> None:
         self.config = config
         self.settings = config.history
@@ -36,7 +35,6 @@ class HistoryService:
         self.supervisor = Supervisor("history")
         self.boot = new_origin()  # tells readers of /progress that the counters started again
         self.link: BrokerLink | None = None
-        self._stack: AsyncExitStack | None = None
 
     async def open(self, stack: AsyncExitStack, on_fatal: OnFatal | None = None) -> None:
         """Enter the service's long-lived parts into ``stack``, in the order that lets them leave cleanly."""
@@ -49,19 +47,6 @@ class HistoryService:
         )
         self.link = await stack.enter_async_context(link)
         await stack.enter_async_context(self.consumer)
-
-    async def __aenter__(self) -> HistoryService:
-        async with AsyncExitStack() as stack:
-            await self.open(stack)
-            self._stack = stack.pop_all()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        stack, self._stack = self._stack, None
-        if stack is not None:
-            await stack.aclose()
 
     async def _on_lost(self) -> None:
         self.metrics.broker_connected.set(0)
