@@ -30,6 +30,7 @@ import structlog
 from services.chat.history_client import HistoryClient, HistoryUnavailable
 from services.chat.hub import Entry, Subscriber
 from services.chat.ring import RecentRing
+from services.common.ids import ulid_floor
 from services.common.schema import ChatMessage, Cursor, CursorFilter
 
 log = structlog.get_logger(__name__)
@@ -68,6 +69,8 @@ class Gap:
     sent: set[str]
     last: str | None
     reason: str  # "unavailable" (the client got history_unavailable) or "lagging" (history behind its queue)
+    # The smallest id minted after the connect: without a cursor, the client wanted the newest ones below it.
+    connected_before: str
 
 
 @dataclass(slots=True)
@@ -109,6 +112,7 @@ class BacklogSync:
     ) -> Gap | None:
         """Deliver the backlog, the held live messages, then `synced`; return the gap if history failed."""
         room = subscriber.room
+        connected_before = ulid_floor(int(time.time() * 1000))
         lagging = not self._caught_up()
         # Live messages that repeat backlog ones are recent: only those ids need remembering.
         progress = _Progress(
@@ -136,7 +140,8 @@ class BacklogSync:
             log.warning("history unavailable for backlog", room=room, error=str(exc))
             # Behind its queue, history may still store ids below the point it was read to: read it all again.
             gap = Gap(
-                cursor, None if lagging else progress.history_through, progress.every_id or set(), None, "unavailable"
+                cursor, None if lagging else progress.history_through, progress.every_id or set(), None,
+                "unavailable", connected_before,
             )
             subscriber.push(error_frame("history_unavailable", "history is unavailable; showing recent messages"))
             for message, frame in unsent_ring:
@@ -146,7 +151,7 @@ class BacklogSync:
         else:
             if progress.every_id is not None:
                 log.info("history is behind its queue: sync incomplete until it catches up", room=room)
-                gap = Gap(cursor, None, progress.every_id, None, "lagging")
+                gap = Gap(cursor, None, progress.every_id, None, "lagging", connected_before)
         if gap is not None:
             # From here on every live id this connection gets is remembered, so the backfill never repeats one.
             subscriber.track_live(gap.sent)
@@ -195,12 +200,8 @@ class BacklogSync:
         """Send the stored messages the gap owes that this connection has not had; resumable on failure."""
         room = subscriber.room
         if gap.cursor is None:
-            # The client wanted the room's newest messages: those stored late among the newest, and those older
-            # than anything it got since.
-            entries = await self._history.latest(room, self._on_connect_limit, token)
-            if gap.sent:
-                older = await self._history.latest(room, self._on_connect_limit, token, before=min(gap.sent))
-                entries = sorted({entry[0].id: entry for entry in entries + older}.values(), key=_by_id)
+            # The client wanted the room's newest messages as of its connect: it gets those it does not have.
+            entries = await self._history.latest(room, self._on_connect_limit, token, before=gap.connected_before)
             return await self._send_owed(subscriber, gap, _listed(entries))
         ring = self._ring.snapshot(room)
         wanted = self._filter(gap.cursor, ring, await self._lookup(room, gap.cursor, ring, token))
@@ -256,10 +257,6 @@ async def _recording(entries: AsyncIterator[Entry], progress: _Progress | Gap) -
     async for entry in entries:
         progress.history_through = entry[0].id
         yield entry
-
-
-def _by_id(entry: Entry) -> str:
-    return entry[0].id
 
 
 async def _listed(entries: list[Entry]) -> AsyncIterator[Entry]:

@@ -215,7 +215,7 @@ async def test_a_sync_that_breaks_midway_is_incomplete_and_the_backfill_sends_on
     assert [f["complete"] for f in frames if f["type"] == "synced"] == [False, True]
 
 
-async def test_without_a_cursor_the_backfill_sends_the_newest_older_than_what_the_client_got() -> None:
+async def test_without_a_cursor_the_backfill_completes_the_newest_as_of_the_connect() -> None:
     old = [make("A") for _ in range(10)]
     recent = [make("A") for _ in range(2)]
     ring = RecentRing(10_000)
@@ -223,11 +223,16 @@ async def test_without_a_cursor_the_backfill_sends_the_newest_older_than_what_th
         ring.add(*entry)
     history = FakeHistory(old + recent, fail=True)
     connection = Connection(history, ring, None, limit=5)
+    await asyncio.sleep(0.002)  # the connect comes a millisecond after the last of them
     gap = await connection.connect()
+    later = make("A")  # after the connect: not part of what it wanted; it comes live
+    connection.live(later)
+    history.store(later)
     history.fail = False
     assert await connection.sync.backfill(connection.subscriber, gap, None)
     ids = ids_of(await connection.frames())
-    assert ids == [e[0].id for e in recent + old[-5:]]
+    # The ring's two, the live one, then the three older ones that complete the newest five as of the connect.
+    assert ids == [e[0].id for e in recent] + [later[0].id] + [e[0].id for e in old[-3:]]
 
 
 async def test_a_gap_held_too_long_on_a_busy_room_closes_1012(monkeypatch: pytest.MonkeyPatch) -> None:
