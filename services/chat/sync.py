@@ -173,10 +173,9 @@ class BacklogSync:
 
         Returns whether the gap was closed (False when the connection closed first).
         """
-        attempt = 0
+        attempt = 0  # failed reads so far: only those back off; waiting for history to catch up is a local check
         while not subscriber.closed:
             await asyncio.sleep(random.uniform(0, min(BACKFILL_RETRY_MAX_S, BACKFILL_RETRY_FIRST_S * 2**attempt)))
-            attempt += 1
             if len(gap.sent) > BACKFILL_MAX_TRACKED_IDS:
                 log.warning("history gap open too long; client sent to reconnect", room=subscriber.room)
                 subscriber.close_soon(CLOSE_SERVICE_RESTART, "history unavailable; reconnect with your cursor")
@@ -186,6 +185,7 @@ class BacklogSync:
             try:
                 sent = await self._send_gap(subscriber, gap, token)
             except HistoryUnavailable as exc:
+                attempt += 1
                 log.info("history still unavailable for backfill", room=subscriber.room, attempt=attempt,
                          error=str(exc))
                 continue

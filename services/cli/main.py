@@ -211,7 +211,9 @@ class Seen:
     def synced(self, complete: bool) -> None:
         if complete:
             self._gap_open, self._gap_cursor = False, None
-        elif not self._gap_open:
+        elif not self._gap_open and self._connected_with is not None:
+            # Without a cursor it asked for recent context only; what it must never miss is what comes after
+            # what it holds, so then it keeps its own cursor.
             self._gap_open, self._gap_cursor = True, self._connected_with
 
     def fresh(self, message: Frame) -> bool:

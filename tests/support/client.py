@@ -44,8 +44,8 @@ class ChatClient:
         self.errors: list[Frame] = []
         self.synced = asyncio.Event()
         self.complete = asyncio.Event()  # the last `synced` said complete: no gap behind the live messages
-        # The cursor of a connection whose `synced` was incomplete: reconnects use it until one completes
-        # (contract section 3), so live messages never move the cursor past a gap.
+        # The cursor of a connection (opened with one) whose `synced` was incomplete: reconnects use it until one
+        # completes (contract section 3), so live messages never move the cursor past a gap.
         self.gap_cursor: str | None = None
         self._connect_cursor: str | None = None
         self.close_codes: list[int | None] = []
@@ -158,7 +158,9 @@ class ChatClient:
             if frame.get("complete", True):
                 self.gap_cursor = None
                 self.complete.set()
-            elif self.gap_cursor is None:
-                self.gap_cursor = self._connect_cursor or ""
+            elif self.gap_cursor is None and self._connect_cursor:
+                # Connected without a cursor, it asked for recent context only: what it must never miss is what
+                # comes after what it holds, so it keeps its own cursor.
+                self.gap_cursor = self._connect_cursor
             self.synced.set()
         self._changed.set()

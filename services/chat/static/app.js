@@ -230,7 +230,9 @@
     if (complete) {
       chat.gapOpen = false;
       chat.historyDown = false;
-    } else if (!chat.gapOpen) {
+    } else if (!chat.gapOpen && chat.connectedWith) {
+      // Connected without a cursor it asked for recent context only (older pages come from "Load earlier"):
+      // what it must never miss is what comes after what it holds, so then it keeps its own cursor.
       chat.gapOpen = true;
       chat.gapCursor = chat.connectedWith;
     }
