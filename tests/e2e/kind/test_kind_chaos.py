@@ -110,6 +110,18 @@ async def wait_replaced(
     raise TimeoutError(f"{selector}: no {count} new ready pods in {timeout} s (old {sorted(old_uids)})")
 
 
+async def wait_gone(selector: str, old_uids: set[str], timeout: float = ROLL_TIMEOUT_S) -> None:
+    """Wait until none of `old_uids` exists, terminating ones included: a replaced pod still serves its clients
+    through its preStop sleep and closes them (1012) only when it shuts down."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        items = json.loads(await asyncio.to_thread(kubectl, "get", "pods", "-l", selector, "-o", "json"))["items"]
+        if not {p["metadata"]["uid"] for p in items} & old_uids:
+            return
+        await asyncio.sleep(1)
+    raise TimeoutError(f"{selector}: old pods still there after {timeout} s ({sorted(old_uids)})")
+
+
 def node_address() -> str:
     nodes = json.loads(run([KUBECTL, "--context", CONTEXT, "get", "nodes", "-o", "json"], 60))["items"]
     return str(next(a["address"] for a in nodes[0]["status"]["addresses"] if a["type"] == "InternalIP"))
@@ -235,6 +247,9 @@ async def roll_all(load: ChaosLoad, action: Callable[[], str]) -> None:
     await asyncio.to_thread(action)
     await wait_replaced(CHAT, set(old.values()), count=2)
     await wait_replaced(HISTORY, set(old.values()), count=1)
+    await wait_gone(CHAT, set(old.values()))
+    acked = len(load.acked)
+    await load.wait_acked(acked + 50, timeout=120)  # the clients the old pods closed are back and sending
 
 
 def upgrade_heartbeat(seconds: int) -> str:
