@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from tests.support.ports import free_port
-from tests.support.rabbit import SharedVhost
+from tests.support.rabbit import shared_vhost
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).parents[2]
@@ -80,12 +80,9 @@ def start(tmp_path: Path, amqp_url: str, ports: dict[str, int]) -> DevRun:
 
 @pytest.fixture
 def vhost_url() -> Iterator[str]:
-    vhost = SharedVhost()
-    vhost.create()
-    try:
-        yield vhost.url
-    finally:
-        vhost.delete()
+    """`make run` uses the machine's broker: a throwaway vhost there, not the private node of the e2e suite."""
+    with shared_vhost() as url:
+        yield url
 
 
 @pytest.fixture

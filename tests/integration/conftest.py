@@ -6,14 +6,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support.rabbit import SharedVhost
+from tests.support.rabbit import shared_vhost
 
 
 @pytest.fixture
 def amqp_url() -> Iterator[str]:
-    vhost = SharedVhost()
-    vhost.create()
-    try:
-        yield vhost.url
-    finally:
-        vhost.delete()
+    with shared_vhost() as url:
+        yield url

@@ -125,6 +125,17 @@ class SharedVhost:
 
 
 @contextlib.contextmanager
+def shared_vhost() -> Iterator[str]:
+    """The AMQP URL of a throwaway vhost on the machine's broker, deleted on exit."""
+    vhost = SharedVhost()
+    vhost.create()
+    try:
+        yield vhost.url
+    finally:
+        vhost.delete()
+
+
+@contextlib.contextmanager
 def running_private_rabbit(plugins: tuple[str, ...] = (), engine: str | None = None) -> Iterator[PrivateRabbit]:
     """A started private node, destroyed (stopped, files removed) on exit."""
     node = PrivateRabbit(plugins, engine)
