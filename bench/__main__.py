@@ -1,6 +1,6 @@
 """`python -m bench [NAME ...] [--quick] [--repeats N] [--shared-broker]`: run the benchmarks.
 
-NAME is any of: fanout publish ingest read connections seam (default: all, in that order). Each prints a
+NAME is any of: fanout publish ingest read connections seam cluster (default: all, in that order). Each prints a
 table (figure, baseline measured in the same run, ratio, target) and writes bench/results/<name>.json.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from bench.common import RESULTS, Broker, load_average, log, workdir
 
-NAMES = ["fanout", "publish", "ingest", "read", "connections", "seam"]
+NAMES = ["fanout", "publish", "ingest", "read", "connections", "seam", "cluster"]
 
 
 @dataclass

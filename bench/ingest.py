@@ -24,7 +24,7 @@ def _stored(url: str) -> float:
     return 0.0
 
 
-def _fill(ctx: Any, amqp: str, count: int) -> dict[str, Any]:
+def fill_backlog(ctx: Any, amqp: str, count: int) -> dict[str, Any]:
     spec = {
         "mode": "amqp_publish",
         "amqp_url": amqp,
@@ -41,7 +41,7 @@ def _fill(ctx: Any, amqp: str, count: int) -> dict[str, Any]:
     return res
 
 
-def _history(amqp: str, data_dir: str, log_path: Any, env: dict[str, str]) -> ServiceProcess:
+def history_process(amqp: str, data_dir: str, log_path: Any, env: dict[str, str]) -> ServiceProcess:
     port = free_port()
     return ServiceProcess(
         "history",
@@ -60,8 +60,8 @@ def _history(amqp: str, data_dir: str, log_path: Any, env: dict[str, str]) -> Se
     )
 
 
-def _drain_service(ctx: Any, amqp: str, count: int, wd: Any, rep: int, env: dict[str, str]) -> dict[str, Any]:
-    service = _history(amqp, str(wd / f"db-{rep}"), ctx.logs / "history-ingest.log", env)
+def drain_with_history(ctx: Any, amqp: str, count: int, wd: Any, rep: int, env: dict[str, str]) -> dict[str, Any]:
+    service = history_process(amqp, str(wd / f"db-{rep}"), ctx.logs / "history-ingest.log", env)
     lo, hi = count * 0.05, count * 0.95
     marks: dict[str, float] = {}
     try:
@@ -109,14 +109,14 @@ def run(ctx: Any) -> Report:
         "queue": "chat.history, quorum",
     }
     # declare the topology once (the service does it at start): start and stop a history service
-    boot = _history(amqp, str(wd / "db-boot"), ctx.logs / "history-ingest.log", {})
+    boot = history_process(amqp, str(wd / "db-boot"), ctx.logs / "history-ingest.log", {})
     boot.start()
     boot.kill()
     results: dict[str, list[dict[str, Any]]] = {"bare consumer": [], "history service": []}
     for rep in range(repeats):
         for name in list(results) if rep % 2 == 0 else list(reversed(results)):
             log(f"ingest {name} rep={rep + 1}: filling")
-            _fill(ctx, amqp, count)
+            fill_backlog(ctx, amqp, count)
             log(f"ingest {name} rep={rep + 1}: draining")
             if name == "bare consumer":
                 res = run_loadgen(
@@ -132,7 +132,7 @@ def run(ctx: Any) -> Report:
                     700,
                 )
             else:
-                res = _drain_service(ctx, amqp, count, wd, rep, {})
+                res = drain_with_history(ctx, amqp, count, wd, rep, {})
             res.update(system=name, rep=rep)
             log(f"  {res['msgs_per_s']:.0f} msg/s")
             report.runs.append(res)

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from bench.common import RESULTS, Broker, log, topology, workdir
-from bench.ingest import _fill, _history
+from bench.ingest import fill_backlog, history_process
 
 
 def _summarize(collapsed: Path, top: int = 25) -> str:
@@ -115,7 +115,7 @@ def main() -> None:
             finally:
                 topo.stop()
         else:
-            service = _history(amqp, str(wd / "db-boot"), logs / "h.log", {})
+            service = history_process(amqp, str(wd / "db-boot"), logs / "h.log", {})
             service.start()
             service.kill()
 
@@ -124,8 +124,8 @@ def main() -> None:
 
             ctx = Ctx()
             ctx.logs = logs  # type: ignore[attr-defined]
-            _fill(ctx, amqp, 100_000)
-            service = _history(amqp, str(wd / "db"), logs / "h.log", {})
+            fill_backlog(ctx, amqp, 100_000)
+            service = history_process(amqp, str(wd / "db"), logs / "h.log", {})
             service.start(wait_ready=False)
             try:
                 time.sleep(1.5)
