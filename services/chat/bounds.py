@@ -47,6 +47,30 @@ class ExpiryTimer:
         self.arm(self._prune())
 
 
+class Expiring:
+    """A structure whose entries expire: ``_expire(now)`` drops what is due and ``_due_in(now)`` says when the next
+    entry is; a timer prunes it while it holds anything, and ``close`` cancels that timer."""
+
+    _clock: Callable[[], float]
+
+    def _start_expiry(self, slack_s: float) -> None:
+        self._timer = ExpiryTimer(self._prune_due, slack_s)
+
+    def close(self) -> None:
+        self._timer.cancel()
+
+    def _prune_due(self) -> float | None:
+        now = self._clock()
+        self._expire(now)
+        return self._due_in(now)
+
+    def _expire(self, now: float) -> None:
+        raise NotImplementedError
+
+    def _due_in(self, now: float) -> float | None:
+        raise NotImplementedError
+
+
 class HighWater:
     """Hands back a compact copy of a dict once it has shrunk to a quarter of its peak.
 

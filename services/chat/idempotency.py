@@ -14,14 +14,14 @@ from collections.abc import Callable
 
 import structlog
 
-from services.chat.bounds import ExpiryTimer, HighWater
+from services.chat.bounds import Expiring, HighWater
 
 log = structlog.get_logger(__name__)
 
 Key = tuple[str, str | None, str]  # (room, author, client_id)
 
 
-class IdempotencyCache:
+class IdempotencyCache(Expiring):
     def __init__(
         self,
         window_s: float,
@@ -37,7 +37,7 @@ class IdempotencyCache:
         self._high = HighWater()
         self._inflight: dict[Key, asyncio.Future[str]] = {}
         self._evicting = False
-        self._timer = ExpiryTimer(self._prune_due, slack_s=min(5.0, window_s / 4))
+        self._start_expiry(slack_s=min(5.0, window_s / 4))
 
     def __len__(self) -> int:
         return len(self._confirmed)
@@ -82,14 +82,6 @@ class IdempotencyCache:
         if future is not None and not future.done():
             future.set_exception(error)
             future.exception()  # a resend may not be waiting; do not log it as unretrieved
-
-    def close(self) -> None:
-        self._timer.cancel()
-
-    def _prune_due(self) -> float | None:
-        now = self._clock()
-        self._expire(now)
-        return self._due_in(now)
 
     def _due_in(self, now: float) -> float | None:
         if not self._confirmed:

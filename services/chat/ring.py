@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import structlog
 
-from services.chat.bounds import ExpiryTimer, HighWater
+from services.chat.bounds import Expiring, HighWater
 from services.chat.hub import Entry
 from services.common.schema import ChatMessage
 
@@ -34,7 +34,7 @@ def entry_cost(message: ChatMessage, frame: str) -> int:
     return ENTRY_OVERHEAD_BYTES + len(message.text) + len(frame)
 
 
-class RecentRing:
+class RecentRing(Expiring):
     def __init__(
         self,
         window_ms: int,
@@ -55,7 +55,7 @@ class RecentRing:
         self._order: deque[tuple[float, str, int]] = deque()
         self._bytes = 0
         self._evicting = False
-        self._timer = ExpiryTimer(self._prune_due, slack_s=min(1.0, self._window_s / 4))
+        self._start_expiry(slack_s=min(1.0, self._window_s / 4))
 
     def add(self, message: ChatMessage, frame: str) -> None:
         now = self._clock()
@@ -93,14 +93,6 @@ class RecentRing:
     def bytes(self) -> int:
         """An estimate of the memory the ring holds (the quantity ``max_bytes`` bounds)."""
         return self._bytes + ROOM_OVERHEAD_BYTES * len(self._rooms)
-
-    def close(self) -> None:
-        self._timer.cancel()
-
-    def _prune_due(self) -> float | None:
-        now = self._clock()
-        self._expire(now)
-        return self._due_in(now)
 
     def _due_in(self, now: float) -> float | None:
         return self._order[0][0] + self._window_s - now if self._order else None

@@ -112,12 +112,11 @@ class BacklogSync:
     ) -> Gap | None:
         """Deliver the backlog, the held live messages, then `synced`; return the gap if history failed."""
         room = subscriber.room
-        connected_before = ulid_floor(int(time.time() * 1000))
+        now_ms = int(time.time() * 1000)
+        connected_before = ulid_floor(now_ms)
         lagging = not self._caught_up()
         # Live messages that repeat backlog ones are recent: only those ids need remembering.
-        progress = _Progress(
-            recent_floor_ms=int(time.time() * 1000) - 2 * self._window_ms, every_id=set() if lagging else None
-        )
+        progress = _Progress(recent_floor_ms=now_ms - 2 * self._window_ms, every_id=set() if lagging else None)
         ring = self._ring.snapshot(room)
         unsent_ring: list[Entry] = []
         gap: Gap | None = None
@@ -138,16 +137,17 @@ class BacklogSync:
                     await self._send(subscriber, progress, message, frame)
         except HistoryUnavailable as exc:
             log.warning("history unavailable for backlog", room=room, error=str(exc))
+            if progress.every_id is None:
+                progress.every_id = set()  # from here on every id sent is one the backfill must skip
             # Behind its queue, history may still store ids below the point it was read to: read it all again.
             gap = Gap(
-                cursor, None if lagging else progress.history_through, progress.every_id or set(), None,
+                cursor, None if lagging else progress.history_through, progress.every_id, None,
                 "unavailable", connected_before,
             )
             subscriber.push(error_frame("history_unavailable", "history is unavailable; showing recent messages"))
             for message, frame in unsent_ring:
                 if progress.last is None or message.id > progress.last:
                     await self._send(subscriber, progress, message, frame)
-                    gap.sent.add(message.id)
         else:
             if progress.every_id is not None:
                 log.info("history is behind its queue: sync incomplete until it catches up", room=room)
@@ -161,8 +161,6 @@ class BacklogSync:
             else:
                 subscriber.push(frame)
                 progress.sent(message)
-                if gap is not None:
-                    gap.sent.add(message.id)
         subscriber.push(synced_frame(progress.last, complete=gap is None))
         if gap is not None:
             gap.last = progress.last
