@@ -268,5 +268,21 @@ class Hub:
             deliveries += len(members)
         return deliveries
 
+    def broadcast(self, room: str, frame: str, exclude: Subscriber | None = None) -> int:
+        """Push one already-encoded frame to every subscriber of ``room`` except ``exclude``; return how many.
+
+        For frames outside the message stream (presence, typing): they go out at once, also to a subscriber
+        still receiving its backlog, under the same slow-consumer bounds as every other frame.
+        """
+        members = self._rooms.get(room)
+        if not members:
+            return 0
+        count = 0
+        for subscriber in tuple(members):
+            if subscriber is not exclude and not subscriber.closed:
+                subscriber.push(frame)
+                count += 1
+        return count
+
     def subscribers(self) -> list[Subscriber]:
         return [member for members in self._rooms.values() for member in members]

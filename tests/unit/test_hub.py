@@ -130,3 +130,20 @@ async def test_paced_pushes_wait_for_the_client() -> None:
     await asyncio.sleep(0.01)
     assert len(sock.sent) == 30 and not sub.closed
     await sub.aclose()
+
+
+async def test_broadcast_reaches_every_member_of_the_room_but_the_excluded_one() -> None:
+    hub = Hub()
+    sockets = [FakeSocket() for _ in range(4)]
+    subs = [Subscriber(room, s.send, s.close, 100, False) for room, s in zip("rrrx", sockets, strict=True)]
+    for sub in subs:
+        hub.subscribe(sub)
+    subs[0].finish_sync()  # a synced member and members still receiving their backlog get it alike
+    frame = '{"type":"presence"}'
+    assert hub.broadcast("r", frame, exclude=subs[1]) == 2
+    assert hub.broadcast("nobody-here", frame) == 0
+    await asyncio.sleep(0.01)
+    assert sockets[0].sent == sockets[2].sent == [frame]
+    assert sockets[1].sent == [] and sockets[3].sent == []
+    for sub in subs:
+        await sub.aclose()
