@@ -46,8 +46,12 @@ CHART_MANAGED = {
     "host": "0.0.0.0",
     "port": "chat.port / history.port",
     "metrics_port": "chat.metricsPort / history.metricsPort",
-    "history_url": "the history Service name and port",
+    "history_url": "every history replica's URL under the headless Service (history.replicas)",
     "data_dir": "/data/history on the history volume",
+    "history_replicas": "history.replicas",
+    "peers": "every history replica's URL under the headless Service (history.replicas)",
+    # Never set: each history pod takes its ordinal from its own name (HOSTNAME, `...-history-<n>`).
+    "replica": "the pod name's ordinal",
 }
 # Where the chart's default differs from the model's (containers log JSON).
 CHART_DEFAULTS: dict[tuple[str, str], Any] = {("log", "format"): "json"}
