@@ -99,12 +99,14 @@ def test_labels_and_selectors(render: Renderer, values_case: ValuesCase) -> None
             assert len(targets) == 1, f"Service {doc['metadata']['name']} selects {targets}"
         if doc["kind"] == "PodDisruptionBudget":
             selector = doc["spec"]["selector"]["matchLabels"]
-            if doc["metadata"]["labels"].get("app.kubernetes.io/component") == "rabbitmq":
+            component = doc["metadata"]["labels"].get("app.kubernetes.io/component")
+            if component == "rabbitmq":
                 # the operator's pods, not rendered here: selected by the label it gives them
                 assert selector == {"app.kubernetes.io/name": find(docs, "RabbitmqCluster")["metadata"]["name"]}
                 continue
+            workload = {"chat": ("Deployment", "-chat"), "history": ("StatefulSet", "-history")}[component]
             assert [n for n, labels in pods.items() if selector.items() <= labels.items()] == [
-                find(docs, "Deployment", "-chat")["metadata"]["name"]
+                find(docs, *workload)["metadata"]["name"]
             ]
 
 
@@ -155,14 +157,13 @@ def test_chat_drains_before_it_is_killed(render: Renderer, values_case: ValuesCa
     assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
 
 
-def test_history_is_one_replica_statefulset_with_a_volume(render: Renderer, values_case: ValuesCase) -> None:
+def test_history_is_a_statefulset_with_a_volume_per_replica(render: Renderer, values_case: ValuesCase) -> None:
     docs = render.docs(values_case[1])
     sts = find(docs, "StatefulSet", "-history")
     assert sts["spec"]["replicas"] == 1
     headless = find(docs, "Service", "-history-headless")
     assert headless["spec"]["clusterIP"] == "None"
     assert sts["spec"]["serviceName"] == headless["metadata"]["name"]
-    assert find(docs, "Service", "-history")["spec"].get("clusterIP") != "None"
     container = sts["spec"]["template"]["spec"]["containers"][0]
     data_mount = next(m for m in container["volumeMounts"] if m["name"] == "data")
     assert data_mount["mountPath"] == "/data"
@@ -170,12 +171,34 @@ def test_history_is_one_replica_statefulset_with_a_volume(render: Renderer, valu
     claims = [c["metadata"]["name"] for c in sts["spec"].get("volumeClaimTemplates", [])]
     volumes = [v["name"] for v in sts["spec"]["template"]["spec"].get("volumes", [])]
     assert (claims == ["data"]) != ("data" in volumes), "data comes from exactly one of a PVC template or a volume"
-    assert not [d for d in docs if d["kind"] in ("PodDisruptionBudget", "HorizontalPodAutoscaler")
-                and d["metadata"]["name"].endswith("-history")]
+    assert "HorizontalPodAutoscaler" not in kinds([d for d in docs if d["metadata"]["name"].endswith("-history")])
+
+
+def test_history_replicas_have_a_budget_and_spread_softly(render: Renderer) -> None:
+    docs = render.docs(kube_version="1.30.0")
+    pdb = find(docs, "PodDisruptionBudget", "-history")
+    assert pdb["spec"]["maxUnavailable"] == 1 and pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+    spec = find(docs, "StatefulSet", "-history")["spec"]["template"]["spec"]
+    # Soft only by default: two replicas still schedule on a one-node cluster (kind).
+    anti = spec["affinity"]["podAntiAffinity"]
+    assert set(anti) == {"preferredDuringSchedulingIgnoredDuringExecution"}
+    term = anti["preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert term["labelSelector"]["matchLabels"]["app.kubernetes.io/component"] == "history"
+    assert [c["whenUnsatisfiable"] for c in spec["topologySpreadConstraints"]] == ["ScheduleAnyway"]
+    required = {"requiredDuringSchedulingIgnoredDuringExecution": [{"labelSelector": {"matchLabels": {"a": "b"}},
+                                                                    "topologyKey": "kubernetes.io/hostname"}]}
+    docs = render.docs(sets=("history.affinity.podAntiAffinity.requiredDuringSchedulingIgnoredDuringExecution[0]"
+                             ".topologyKey=kubernetes.io/hostname",
+                             "history.affinity.podAntiAffinity.requiredDuringSchedulingIgnoredDuringExecution[0]"
+                             ".labelSelector.matchLabels.a=b", "history.podDisruptionBudget.enabled=false"))
+    assert find(docs, "StatefulSet", "-history")["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"] == required
+    assert [d["metadata"]["name"] for d in docs if d["kind"] == "PodDisruptionBudget"] == [
+        find(docs, "Deployment", "-chat")["metadata"]["name"]]
 
 
 def test_pdb_and_hpa_toggles(render: Renderer) -> None:
-    docs = render.docs(sets=("chat.podDisruptionBudget.enabled=false",))
+    docs = render.docs(sets=("chat.podDisruptionBudget.enabled=false", "history.podDisruptionBudget.enabled=false"))
     assert "PodDisruptionBudget" not in kinds(docs)
     docs = render.docs(sets=("chat.autoscaling.enabled=true", "chat.autoscaling.minReplicas=3"))
     hpa = find(docs, "HorizontalPodAutoscaler", "-chat")
@@ -220,10 +243,13 @@ def test_network_policies_allow_only_the_topology(render: Renderer) -> None:
     assert _allowed_ports(chat["ingress"]) == {8000, 9000}
     assert _allowed_ports(history["ingress"]) == {8001, 9001}
     assert _allowed_ports(chat["egress"]) == {53, 5672, 5671, 8001}
-    assert _allowed_ports(history["egress"]) == {53, 5672, 5671}
+    assert _allowed_ports(history["egress"]) == {53, 5672, 5671, 8001}
     api_rule = next(r for r in history["ingress"] if _allowed_ports([r]) == {8001})
     components = {peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for peer in api_rule["from"]}
-    assert components == {"chat", "test"}
+    assert components == {"chat", "history", "test"}, "readers, peers (copy, verify) and helm test"
+    peer_rule = next(r for r in history["egress"] if _allowed_ports([r]) == {8001})
+    assert [peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for peer in peer_rule["to"]] == [
+        "history"]
 
 
 def test_config_change_rolls_the_pods(render: Renderer) -> None:
@@ -281,8 +307,10 @@ def test_rabbitmq_cluster_has_a_disruption_budget_of_one_node(render: Renderer) 
     assert pdb["spec"]["selector"]["matchLabels"] == {"app.kubernetes.io/name": cluster["metadata"]["name"]}
     docs = render.docs((str(CHART / "ci" / "rabbitmq-cluster-values.yaml"),),
                        ("rabbitmq.cluster.podDisruptionBudget.enabled=false",))
-    assert [d["metadata"]["name"] for d in docs if d["kind"] == "PodDisruptionBudget"] == [
-        find(docs, "Deployment", "-chat")["metadata"]["name"]]
+    assert sorted(d["metadata"]["name"] for d in docs if d["kind"] == "PodDisruptionBudget") == [
+        find(docs, "Deployment", "-chat")["metadata"]["name"],
+        find(docs, "StatefulSet", "-history")["metadata"]["name"],
+    ]
 
 
 def test_secrets_never_land_in_configmaps(render: Renderer) -> None:

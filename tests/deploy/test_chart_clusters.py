@@ -46,10 +46,10 @@ CLUSTERS = {
 def test_api_versions_and_fields_follow_the_cluster(render: Renderer, kube_version: str) -> None:
     pdb_api, hpa_api, new_fields = CLUSTERS[kube_version]
     docs = render.docs((ALL_ON,), kube_version=kube_version)
-    pdb = find(docs, "PodDisruptionBudget", "-chat")
-    assert pdb["apiVersion"] == pdb_api
+    for pdb in (find(docs, "PodDisruptionBudget", "-chat"), find(docs, "PodDisruptionBudget", "-history")):
+        assert pdb["apiVersion"] == pdb_api
+        assert ("unhealthyPodEvictionPolicy" in pdb["spec"]) == new_fields
     assert find(docs, "HorizontalPodAutoscaler", "-chat")["apiVersion"] == hpa_api
-    assert ("unhealthyPodEvictionPolicy" in pdb["spec"]) == new_fields
     sts = find(docs, "StatefulSet", "-history")
     assert ("persistentVolumeClaimRetentionPolicy" in sts["spec"]) == new_fields
 
@@ -86,8 +86,10 @@ def old_cluster_validation(
 
 def test_kustomize_component_for_kubernetes_1_20(kubectl: str, tmp_path: Path) -> None:
     docs = kind_overlay_for_1_20(kubectl, tmp_path / "k")
-    [pdb] = [d for d in docs if d["kind"] == "PodDisruptionBudget"]
-    assert pdb["apiVersion"] == "policy/v1beta1" and "unhealthyPodEvictionPolicy" not in pdb["spec"]
+    pdbs = [d for d in docs if d["kind"] == "PodDisruptionBudget"]
+    assert sorted(pdb["metadata"]["name"] for pdb in pdbs) == ["durable-chat-chat", "durable-chat-history"]
+    for pdb in pdbs:
+        assert pdb["apiVersion"] == "policy/v1beta1" and "unhealthyPodEvictionPolicy" not in pdb["spec"]
     sts = find(docs, "StatefulSet", "-history")
     assert "persistentVolumeClaimRetentionPolicy" not in sts["spec"]
     assert {d["metadata"].get("namespace") for d in docs if d["kind"] != "Namespace"} == {"durable-chat-kustomize"}
@@ -100,11 +102,12 @@ def test_renders_for_kubernetes_1_20_validate(old_cluster_validation: Validation
     assert old_cluster_validation.errors(case, version) == []
 
 
-def test_pdb_lets_unhealthy_pods_be_evicted(render: Renderer) -> None:
-    pdb = find(render.docs(), "PodDisruptionBudget", "-chat")
+@pytest.mark.parametrize("component", ["chat", "history"])
+def test_pdb_lets_unhealthy_pods_be_evicted(render: Renderer, component: str) -> None:
+    pdb = find(render.docs(), "PodDisruptionBudget", f"-{component}")
     assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
-    unset = find(render.docs(sets=("chat.podDisruptionBudget.unhealthyPodEvictionPolicy=",)), "PodDisruptionBudget")
-    assert "unhealthyPodEvictionPolicy" not in unset["spec"]
+    docs = render.docs(sets=(f"{component}.podDisruptionBudget.unhealthyPodEvictionPolicy=",))
+    assert "unhealthyPodEvictionPolicy" not in find(docs, "PodDisruptionBudget", f"-{component}")["spec"]
 
 
 def test_httproute_is_off_by_default_and_routes_to_the_chat_service(render: Renderer) -> None:

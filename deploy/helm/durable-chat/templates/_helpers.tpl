@@ -254,3 +254,62 @@ autoscaling/v2 (1.23); fields newer than the cluster are left out, since Helm va
 {{- define "durable-chat.hasFieldsOf127" -}}
 {{- if semverCompare ">=1.27-0" .Capabilities.KubeVersion.Version }}true{{ end }}
 {{- end }}
+
+{{/*
+Scheduling of a component's pods: the user's affinity / spread constraints, else soft ones (a preferred
+anti-affinity across nodes, a ScheduleAnyway spread across zones), so that replicas land apart where the cluster
+allows and still schedule on one node (kind, small clusters). Usage:
+include "durable-chat.scheduling" (dict "ctx" $ "component" "chat" "values" .Values.chat)
+*/}}
+{{- define "durable-chat.scheduling" -}}
+{{- $component := dict "ctx" .ctx "component" .component }}
+affinity:
+  {{- if .values.affinity }}
+  {{- toYaml .values.affinity | nindent 2 }}
+  {{- else }}
+  podAntiAffinity:
+    preferredDuringSchedulingIgnoredDuringExecution:
+      - weight: 100
+        podAffinityTerm:
+          topologyKey: kubernetes.io/hostname
+          labelSelector:
+            matchLabels:
+              {{- include "durable-chat.componentSelectorLabels" $component | nindent 14 }}
+  {{- end }}
+topologySpreadConstraints:
+  {{- if .values.topologySpreadConstraints }}
+  {{- toYaml .values.topologySpreadConstraints | nindent 2 }}
+  {{- else }}
+  - maxSkew: 1
+    topologyKey: topology.kubernetes.io/zone
+    whenUnsatisfiable: ScheduleAnyway
+    labelSelector:
+      matchLabels:
+        {{- include "durable-chat.componentSelectorLabels" $component | nindent 8 }}
+  {{- end }}
+{{- end }}
+
+{{/*
+PodDisruptionBudget of a component. Usage:
+include "durable-chat.pdb" (dict "ctx" $ "component" "chat" "budget" .Values.chat.podDisruptionBudget "why" "...")
+*/}}
+{{- define "durable-chat.pdb" -}}
+{{- $component := dict "ctx" .ctx "component" .component }}
+apiVersion: {{ include "durable-chat.pdb.apiVersion" .ctx }}
+kind: PodDisruptionBudget
+metadata:
+  name: {{ printf "%s-%s" (include "durable-chat.fullname" .ctx) .component | trunc 63 | trimSuffix "-" }}
+  labels:
+    {{- include "durable-chat.componentLabels" $component | nindent 4 }}
+spec:
+  maxUnavailable: {{ .budget.maxUnavailable }}
+  {{- with .budget.unhealthyPodEvictionPolicy }}
+  {{- if include "durable-chat.hasFieldsOf127" $.ctx }}
+  # {{ $.why }}
+  unhealthyPodEvictionPolicy: {{ . }}
+  {{- end }}
+  {{- end }}
+  selector:
+    matchLabels:
+      {{- include "durable-chat.componentSelectorLabels" $component | nindent 6 }}
+{{- end }}
