@@ -37,6 +37,21 @@ class AmqpSettings(BaseSettings):
     history_queue: str = Field(
         default="chat.history", min_length=1, description="Durable quorum queue of the history service."
     )
+    history_replicas: int = Field(
+        default=1, ge=1, le=64,
+        description=(
+            "Number of history replicas; chat replicas declare one history queue per replica (`chat.history`, "
+            "`chat.history.1` .. `chat.history.<n-1>`) and a history replica checks its ordinal against it."
+        ),
+    )
+    history_queue_expires_s: int = Field(
+        # At most 2**32-1 ms: Erlang timers take no longer delay.
+        default=604800, ge=0, le=4_294_967,
+        description=(
+            "`x-expires` of the history queues of ordinal >= 1 (0: never): a queue unused that long is deleted "
+            "by the broker. Only applies when a queue is created; see docs/operations.md to change it later."
+        ),
+    )
     prefetch: int = Field(default=256, ge=1, le=65535, description="Unacked deliveries per consumer.")
     heartbeat_s: int = Field(default=30, ge=1, le=600, description="AMQP heartbeat; a dead peer is seen in ~2x.")
     publish_timeout_s: float = Field(

@@ -1,4 +1,9 @@
-"""The durable subscriber: consume ``chat.history``, store in synced LevelDB batches, then ack.
+"""The durable subscriber: consume this replica's history queue, store in synced LevelDB batches, then ack.
+
+Replica 0 consumes ``chat.history`` and ``chat.history.dlq``; replica n >= 1 ``chat.history.<n>`` and its own
+``chat.history.<n>.dlq`` (``services.common.topology.history_queue``). When the broker cancels the consumer (the
+queue was deleted by hand, or expired), the consumer redeclares the queue, consumes again and calls
+``on_queue_recreated``: what was routed to the deleted queue is gone, so the service copies it from a peer.
 
 A delivery is acked only after the batch holding it is on disk, so a crash at any point leaves it in the
 queue; the store's idempotent write makes the redelivery harmless.
@@ -11,7 +16,7 @@ uncounted) and holds the failed batch and what arrived behind it; the service is
 ``retry_interval_s`` lets the held deliveries be written and acked and consumption resume. Only a lost connection
 (a crash, a broker restart) returns them, one count each.
 
-What still reaches ``chat.history.dlq`` (20 crash-restarts under load, or a message an operator moved there) is
+What still reaches the dead-letter queue (20 crash-restarts under load, or a message an operator moved there) is
 consumed too, on a channel of its own: readable messages are written like any other (idempotently: one already
 stored is dropped) and acked; unreadable ones are held unacked, so they stay in the DLQ, and are counted
 (``durable_chat_dlq_unreadable_messages``) and logged.
@@ -29,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 
 import aiormq
@@ -41,7 +46,7 @@ from aiormq.abc import DeliveredMessage
 from services.common.lifecycle import Faults, cancel_and_wait, stop_within
 from services.common.schema import ChatMessage, InvalidMessage
 from services.common.settings import AmqpSettings
-from services.common.topology import DEAD_LETTER_QUEUE, declare_topology
+from services.common.topology import HistoryQueue, declare_topology, replica_queue
 from services.history.metrics import HistoryMetrics
 from services.history.settings import HistorySettings
 from services.history.store import ThreadedStore, WriteResult
@@ -61,8 +66,12 @@ class HistoryConsumer:
         amqp: AmqpSettings,
         metrics: HistoryMetrics,
         faults: Faults | None = None,
+        on_queue_recreated: Callable[[], None] | None = None,
     ) -> None:
         self._store = store
+        self.history_queue: HistoryQueue = replica_queue(amqp, settings.ordinal)
+        self._on_queue_recreated = on_queue_recreated
+        self._aio_channel: AbstractChannel | None = None
         self._settings = settings
         self._amqp = amqp
         self._metrics = metrics
@@ -81,6 +90,7 @@ class HistoryConsumer:
         self._stopping = False
         self._writing = 0  # deliveries in the batch being written
         self.storage_failed = False
+        self.attached = asyncio.Event()  # set while consuming: the copier starts only once our queue is consumed
         # Deliveries taken from the broker and settled (written, or set aside as unreadable), in delivery order:
         # once `settled` reaches what `received` was at some moment, everything delivered before it is stored.
         self.received = 0
@@ -106,12 +116,15 @@ class HistoryConsumer:
         self._consumer_tag = self._dlq_consumer_tag = None
         channel = await connection.channel(publisher_confirms=False)
         await channel.set_qos(prefetch_count=self._amqp.prefetch)
-        topology = await declare_topology(channel, self._amqp.exchange, self._amqp.history_queue)
+        topology = await declare_topology(channel, self._amqp.exchange, [self.history_queue])
         self._queue = topology.history_queue
+        self._aio_channel = channel
         self._channel = await channel.get_underlay_channel()
+        self._channel.on_consumer_cancel_callbacks.add(self._on_broker_cancel)
         dlq_channel = await connection.channel(publisher_confirms=False)
         await dlq_channel.set_qos(prefetch_count=self._amqp.prefetch)
         self._dlq_channel = await dlq_channel.get_underlay_channel()
+        self._dlq_channel.on_consumer_cancel_callbacks.add(self._on_broker_cancel)
         self._tasks = tasks
         self._drain_task = tasks.create_task(self._drain_loop(), name="history-drain")
         if self.storage_failed:
@@ -125,6 +138,7 @@ class HistoryConsumer:
         # Unacked deliveries return to the queue with the connection; forget them here.
         self._consumer_tag = self._dlq_consumer_tag = None
         self._metrics.consuming.set(0)
+        self.attached.clear()
         self._count_unreadable(-self._unreadable_dead_letters)  # the held ones went back to the DLQ
         self._tasks = None
         tasks = [task for task in (self._drain_task, self._retry_task) if task is not None]
@@ -153,19 +167,49 @@ class HistoryConsumer:
         result = await self._channel.basic_consume(self._queue.name, self._on_delivery)
         self._consumer_tag = result.consumer_tag
         assert self._dlq_channel is not None
-        result = await self._dlq_channel.basic_consume(DEAD_LETTER_QUEUE, self._on_delivery)
+        result = await self._dlq_channel.basic_consume(self.history_queue.dead_letter_queue, self._on_delivery)
         self._dlq_consumer_tag = result.consumer_tag
         self._metrics.consuming.set(1)
+        self.attached.set()
 
     async def _cancel_consumer(self) -> None:
         """``basic.cancel``: no more deliveries; those received stay ours, unacked, until we settle them."""
         tags = [(self._channel, self._consumer_tag), (self._dlq_channel, self._dlq_consumer_tag)]
         self._consumer_tag = self._dlq_consumer_tag = None
         self._metrics.consuming.set(0)
+        self.attached.clear()
         for channel, tag in tags:
             if tag is not None and channel is not None:
                 with contextlib.suppress(*_CHANNEL_GONE):
                     await channel.basic_cancel(tag)
+
+    async def _on_broker_cancel(self, frame: object) -> None:
+        """The broker cancelled a consumer of ours: its queue was deleted (by hand, or expired)."""
+        tag = getattr(frame, "consumer_tag", None)
+        if tag is None or tag not in (self._consumer_tag, self._dlq_consumer_tag):
+            return
+        log.error(
+            "the broker cancelled the history consumer (queue deleted?); redeclaring it and copying what it lost",
+            queue=self.history_queue.name, consumer_tag=tag,
+        )
+        lost_messages = tag == self._consumer_tag
+        await self._cancel_consumer()
+        if self._tasks is not None and not self._stopping:
+            self._tasks.create_task(self._reattach(lost_messages), name="history-reattach")
+
+    async def _reattach(self, lost_messages: bool) -> None:
+        assert self._aio_channel is not None
+        try:
+            topology = await declare_topology(self._aio_channel, self._amqp.exchange, [self.history_queue])
+            self._queue = topology.history_queue
+            if not self.storage_failed and not self._stopping:
+                await self._start_consuming()
+        except _CHANNEL_GONE as exc:  # the connection is going: the link reconnects and consumes again
+            log.warning("could not redeclare the history queue; the broker link reconnects", error=repr(exc)[:300])
+            return
+        log.info("history queue redeclared and consumed again", queue=self.history_queue.name)
+        if lost_messages and self._on_queue_recreated is not None:
+            self._on_queue_recreated()
 
     async def _on_delivery(self, message: DeliveredMessage) -> None:
         # Called once per delivery by aiormq; it only queues, one drain task does the work in batches.

@@ -1,22 +1,34 @@
-"""Thin HTTP handlers of the history service: streamed pages, health."""
+"""Thin HTTP handlers of the history service: streamed pages, replica digests, export and import, health."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import orjson
 import structlog
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 from services.common.auth import Unauthorized, bearer_token
 from services.common.http import error_response
-from services.history.query import QueryError, parse_ids, parse_page_query, single_values
+from services.common.schema import ChatMessage, InvalidMessage
+from services.history.query import (
+    QueryError,
+    parse_digest_query,
+    parse_export_query,
+    parse_ids,
+    parse_page_query,
+    single_values,
+)
 from services.history.service import HistoryService
-from services.history.store import PageQuery
+from services.history.store import ExportPosition, PageQuery
 
 log = structlog.get_logger(__name__)
 NDJSON = "application/x-ndjson"
 _CHUNK = 500
+_EXPORT_CHUNK = 2000
+_IMPORT_BATCH = 1000
+MAX_IMPORT_LINE_BYTES = 1 << 20
 
 
 def _service(request: Request) -> HistoryService:
@@ -24,14 +36,23 @@ def _service(request: Request) -> HistoryService:
     return service
 
 
-async def list_messages(request: Request) -> Response:
-    service = _service(request)
+def _unauthorized(request: Request, service: HistoryService) -> Response | None:
     if service.verifier.enabled:
         try:
             token = bearer_token(request.headers.get("authorization"), request.query_params.get("token"))
             service.verifier.subject(token)
         except Unauthorized as exc:
             return _refused(request, 401, "unauthorized", str(exc))
+    return None
+
+
+async def list_messages(request: Request) -> Response:
+    service = _service(request)
+    if (refusal := _unauthorized(request, service)) is not None:
+        return refusal
+    if not service.copier.status.serving:
+        # Not everything older than our queue is here yet: a chat replica asks another history replica.
+        return _refused(request, 503, "not_ready", "this history replica is copying from a peer")
     room = request.path_params["room"]
     try:
         params = single_values(request.query_params.multi_items())
@@ -111,6 +132,101 @@ async def _as_ndjson(chunks: AsyncIterator[list[bytes]]) -> AsyncIterator[bytes]
             yield b"\n".join(chunk) + b"\n"
 
 
+async def digest(request: Request) -> Response:
+    """NDJSON, one line per room in room order: count, first and last id, hash (whatever the readiness)."""
+    service = _service(request)
+    if (refusal := _unauthorized(request, service)) is not None:
+        return refusal
+    try:
+        room = parse_digest_query(single_values(request.query_params.multi_items()))
+    except QueryError as exc:
+        return _refused(request, 400, exc.code, exc.detail)
+    return StreamingResponse(_digest_lines(service, room), media_type=NDJSON)
+
+
+async def _digest_lines(service: HistoryService, room: str | None) -> AsyncIterator[bytes]:
+    after: str | None = None
+    while True:
+        page = await service.store.digests(room=room, after_room=after, limit=_EXPORT_CHUNK)
+        if page:
+            yield b"".join(orjson.dumps(d.as_json()) + b"\n" for d in page)
+        if room is not None or len(page) < _EXPORT_CHUNK:
+            return
+        after = page[-1].room
+
+
+async def export(request: Request) -> Response:
+    """NDJSON of the stored bodies in (room, id) order, strictly after (from_room, after); ``room``: one room."""
+    service = _service(request)
+    if (refusal := _unauthorized(request, service)) is not None:
+        return refusal
+    try:
+        position = parse_export_query(single_values(request.query_params.multi_items()))
+    except QueryError as exc:
+        return _refused(request, 400, exc.code, exc.detail)
+    return StreamingResponse(_export_lines(service, position), media_type=NDJSON)
+
+
+async def _export_lines(service: HistoryService, position: ExportPosition) -> AsyncIterator[bytes]:
+    while True:
+        chunk = await service.store.export(position, _EXPORT_CHUNK)
+        if not chunk:
+            return
+        yield b"\n".join(body for _, _, body in chunk) + b"\n"
+        if len(chunk) < _EXPORT_CHUNK:
+            return
+        room, last_id, _ = chunk[-1]
+        position = ExportPosition(from_room=room, after=last_id, room=position.room)
+
+
+async def import_messages(request: Request) -> Response:
+    """NDJSON of message bodies, written idempotently in batches as they arrive (what ``/export`` gives).
+
+    A bad line stops the import with 400 naming its line; the batches before it stay written (importing the
+    same body again is harmless).
+    """
+    service = _service(request)
+    if (refusal := _unauthorized(request, service)) is not None:
+        return refusal
+    batch: list[tuple[ChatMessage, bytes]] = []
+    received = stored = 0
+    try:
+        async for line_number, line in _numbered_lines(request.stream()):
+            try:
+                batch.append((ChatMessage.from_wire(line), line))
+            except InvalidMessage as exc:
+                raise QueryError("bad_message", f"line {line_number}: {exc}"[:300]) from None
+            received += 1
+            if len(batch) >= _IMPORT_BATCH:
+                stored += len((await service.store.write(batch)).stored)
+                batch = []
+    except QueryError as exc:
+        if batch:
+            stored += len((await service.store.write(batch)).stored)
+        log.info("import stopped at a bad line", received=received, stored=stored)
+        return _refused(request, 400, exc.code, exc.detail)
+    if batch:
+        stored += len((await service.store.write(batch)).stored)
+    log.info("messages imported", received=received, stored=stored)
+    return JSONResponse({"received": received, "stored": stored})
+
+
+async def _numbered_lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[tuple[int, bytes]]:
+    """The non-blank lines of a streamed body with their numbers; a line longer than the bound is refused."""
+    rest, number = b"", 0
+    async for chunk in chunks:
+        lines = (rest + chunk).split(b"\n")
+        rest = lines.pop()
+        if len(rest) > MAX_IMPORT_LINE_BYTES:
+            raise QueryError("too_large", f"line {number + len(lines) + 1} exceeds {MAX_IMPORT_LINE_BYTES} bytes")
+        for line in lines:
+            number += 1
+            if line.strip():
+                yield number, line.strip()
+    if rest.strip():
+        yield number + 1, rest.strip()
+
+
 async def healthz(_: Request) -> Response:
     return PlainTextResponse("ok")
 
@@ -123,7 +239,9 @@ async def progress(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    problems = _service(request).readiness_problems()
+    service = _service(request)
+    problems = service.readiness_problems()
+    copy = {"ordinal": service.ordinal, "copy": service.copier.status.as_json()}
     if problems:
-        return JSONResponse({"ready": False, "problems": problems}, status_code=503)
-    return JSONResponse({"ready": True})
+        return JSONResponse({"ready": False, "problems": problems, **copy}, status_code=503)
+    return JSONResponse({"ready": True, **copy})

@@ -26,6 +26,11 @@ class HistoryMetrics:
     broker_connected: Gauge
     request_seconds: Histogram
     served: Counter
+    copy_messages: Counter
+    copy_in_progress: Gauge
+    copy_rooms_remaining: Gauge
+    digest_mismatched_rooms: Gauge
+    replica: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> HistoryMetrics:
@@ -80,6 +85,25 @@ class HistoryMetrics:
             ),
             served=Counter(
                 "durable_chat_history_messages_served_total", "Messages streamed by the history API.", registry=r
+            ),
+            copy_messages=Counter(
+                "durable_chat_history_copy_messages_total", "Messages written from a peer copy (new ones only).",
+                registry=r,
+            ),
+            copy_in_progress=Gauge(
+                "durable_chat_history_copy_in_progress", "1 while this replica copies from a peer (not ready).",
+                registry=r,
+            ),
+            copy_rooms_remaining=Gauge(
+                "durable_chat_history_copy_rooms_remaining", "Rooms the running copy has still to copy; 0 when idle.",
+                registry=r,
+            ),
+            digest_mismatched_rooms=Gauge(
+                "durable_chat_history_digest_mismatched_rooms",
+                "Settled rooms whose digest differs from the peer's, at the last verify.", ["peer"], registry=r,
+            ),
+            replica=Gauge(
+                "durable_chat_history_replica", "1, labelled with this replica's ordinal.", ["ordinal"], registry=r
             ),
         )
         for key in ("id", "client_id"):

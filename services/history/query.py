@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping
 
 from services.common.ids import is_ulid
 from services.common.schema import MAX_CURSOR_IDS, valid_room
-from services.history.store import PageQuery
+from services.history.store import ExportPosition, PageQuery
 
 DEFAULT_LIMIT = 100
 _KNOWN = frozenset({"after", "before", "limit", "latest", "ids", "token"})
@@ -64,4 +64,38 @@ def _optional_id(params: Mapping[str, str], name: str) -> str | None:
         return None
     if not is_ulid(value):
         raise QueryError(f"bad_{name}", f"{name} must be a message id (26-character ULID)")
+    return value
+
+
+def parse_digest_query(params: Mapping[str, str]) -> str | None:
+    """``GET /digest``: the one room asked for, or None for every room."""
+    _refuse_unknown(params, {"room", "token"})
+    return _optional_room(params, "room")
+
+
+def parse_export_query(params: Mapping[str, str]) -> ExportPosition:
+    """``GET /export``: resume strictly after (from_room, after); ``room``: that room alone."""
+    _refuse_unknown(params, {"room", "from_room", "after", "token"})
+    room = _optional_room(params, "room")
+    from_room = _optional_room(params, "from_room")
+    after = _optional_id(params, "after")
+    if after is not None and from_room is None and room is None:
+        raise QueryError("bad_parameter", "after needs from_room (or room): ids are ordered within a room")
+    if room is not None and from_room not in (None, room):
+        raise QueryError("bad_parameter", "from_room must be the room exported")
+    return ExportPosition(from_room=from_room, after=after, room=room)
+
+
+def _refuse_unknown(params: Mapping[str, str], known: set[str]) -> None:
+    unknown = set(params) - known
+    if unknown:
+        raise QueryError("bad_parameter", f"unknown parameter(s): {', '.join(sorted(unknown))[:200]}")
+
+
+def _optional_room(params: Mapping[str, str], name: str) -> str | None:
+    value = params.get(name)
+    if value is None or value == "":
+        return None
+    if not valid_room(value):
+        raise QueryError("bad_room", f"{name} must match [A-Za-z0-9][A-Za-z0-9_.:-]{{0,63}}")
     return value

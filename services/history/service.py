@@ -7,16 +7,18 @@ database on its own thread once every call before it is done.
 
 from __future__ import annotations
 
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 
 import structlog
 
 from services.common.amqp import BrokerLink
 from services.common.auth import TokenVerifier
 from services.common.ids import new_origin
-from services.common.lifecycle import Faults, OnFatal, StackOwner, Supervisor
+from services.common.lifecycle import Faults, OnFatal, StackOwner, Supervisor, cancel_and_wait
 from services.history.consumer import HistoryConsumer
 from services.history.metrics import HistoryMetrics
+from services.history.replication import Copier, DigestVerifier
 from services.history.settings import HistoryConfig
 from services.history.store import ThreadedStore
 
@@ -31,7 +33,14 @@ class HistoryService(StackOwner):
         self.verifier = TokenVerifier(config.history.auth_secret, config.history.auth_public_key)
         faults = Faults.from_env()
         self.store = ThreadedStore(config.history.data_dir, faults)
-        self.consumer = HistoryConsumer(self.store, config.history, config.amqp, self.metrics, faults)
+        self.ordinal = config.history.ordinal
+        self.consumer = HistoryConsumer(
+            self.store, config.history, config.amqp, self.metrics, faults, on_queue_recreated=self._copy_again
+        )
+        self.copier = Copier(self.store, config.history, self.metrics, self.consumer.attached)
+        self.digest_verifier = DigestVerifier(
+            self.store, config.history, self.metrics, lambda: not self.readiness_problems()
+        )
         self.supervisor = Supervisor("history")
         self.boot = new_origin()  # tells readers of /progress that the counters started again
         self.link: BrokerLink | None = None
@@ -40,6 +49,9 @@ class HistoryService(StackOwner):
         """Enter the service's long-lived parts into ``stack``, in the order that lets them leave cleanly."""
         if not self.verifier.enabled:
             log.warning("anonymous mode: set HISTORY_AUTH_SECRET or HISTORY_AUTH_PUBLIC_KEY to require tokens")
+        self.metrics.replica.labels(ordinal=str(self.ordinal)).set(1)
+        log.info("history replica", ordinal=self.ordinal, replicas=self.config.amqp.history_replicas,
+                 queue=self.consumer.history_queue.name, peers=self.settings.peer_urls)
         self.supervisor = await stack.enter_async_context(Supervisor("history", on_fatal))
         await stack.enter_async_context(self.store)
         link = BrokerLink(
@@ -47,6 +59,22 @@ class HistoryService(StackOwner):
         )
         self.link = await stack.enter_async_context(link)
         await stack.enter_async_context(self.consumer)
+        await stack.enter_async_context(self._replication())
+
+    @asynccontextmanager
+    async def _replication(self) -> AsyncIterator[None]:
+        """The copy and the verify run beside the consumer, and stop before it drains."""
+        tasks = [self.supervisor.spawn(self.copier.run(), "history-copier"),
+                 self.supervisor.spawn(self.digest_verifier.run(), "history-verifier")]
+        try:
+            yield
+        finally:
+            await cancel_and_wait(tasks)
+            await self.copier.aclose()
+            await self.digest_verifier.aclose()
+
+    def _copy_again(self) -> None:
+        self.copier.request()
 
     async def _on_lost(self) -> None:
         self.metrics.broker_connected.set(0)
@@ -64,4 +92,6 @@ class HistoryService(StackOwner):
             problems.append("broker not connected")
         elif not self.consumer.consuming:
             problems.append("consumer not attached")
+        if not self.copier.status.serving:
+            problems.append("copying")
         return problems

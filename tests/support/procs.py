@@ -99,6 +99,39 @@ class ServiceProcess:
             return ""
 
 
+def common_env(amqp_url: str) -> dict[str, str]:
+    """What every service process of a test gets: the broker, fast heartbeats and reconnects, JSON logs."""
+    return {
+        "AMQP_URL": amqp_url,
+        "AMQP_HEARTBEAT_S": "2",
+        "AMQP_RECONNECT_MAX_S": "1",
+        "LOG_FORMAT": "json",
+        "LOG_LEVEL": "INFO",
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def history_replicas(
+    amqp_url: str, workdir: Path, count: int, extra_env: dict[str, str] | None = None
+) -> list[ServiceProcess]:
+    """``count`` history replicas (not started): replica n on a free port with ``history-db-<n>`` and
+    ``history-<n>.log`` under ``workdir``, ``HISTORY_REPLICA=n``, and every replica's URL in ``HISTORY_PEERS``.
+    ``extra_env`` (``HISTORY_*``/``AMQP_*``...) goes to all of them; set ``replicas[n].env`` for one alone."""
+    ports = [free_port() for _ in range(count)]
+    peers = ",".join(f"http://127.0.0.1:{port}" for port in ports)
+    return [
+        ServiceProcess(
+            "history",
+            {**common_env(amqp_url), "HISTORY_HOST": "127.0.0.1", "HISTORY_PORT": str(port),
+             "HISTORY_DATA_DIR": str(workdir / f"history-db-{ordinal}"), "HISTORY_RETRY_INTERVAL_S": "0.5",
+             "HISTORY_REPLICA": str(ordinal), "HISTORY_PEERS": peers, "AMQP_HISTORY_REPLICAS": str(count),
+             **(extra_env or {})},
+            port, workdir / f"history-{ordinal}.log",
+        )
+        for ordinal, port in enumerate(ports)
+    ]
+
+
 @dataclass
 class LocalTopology:
     """A history service and two chat replicas on one broker URL, each on a free port."""
@@ -111,14 +144,7 @@ class LocalTopology:
     chats: list[ServiceProcess] = field(init=False)
 
     def __post_init__(self) -> None:
-        common = {
-            "AMQP_URL": self.amqp_url,
-            "AMQP_HEARTBEAT_S": "2",
-            "AMQP_RECONNECT_MAX_S": "1",
-            "LOG_FORMAT": "json",
-            "LOG_LEVEL": "INFO",
-            "PYTHONUNBUFFERED": "1",
-        }
+        common = common_env(self.amqp_url)
         history_port = free_port()
         self.history = ServiceProcess(
             "history",

@@ -186,6 +186,7 @@ class FakeRawChannel:
         self.cancelled = False
         self.is_closed = False
         self.tags = 0
+        self.on_consumer_cancel_callbacks: set[Any] = set()
 
     async def basic_consume(self, queue: str, callback: Any) -> Any:
         self.on_delivery = callback
@@ -226,7 +227,7 @@ class FakeAioChannel:
         return SimpleNamespace(name=name)
 
     async def declare_queue(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        async def bind(exchange: Any) -> None:
+        async def bind(exchange: Any, routing_key: str = "") -> None:
             return None
 
         return SimpleNamespace(name=name, bind=bind)
