@@ -192,13 +192,14 @@ class HistoryConsumer:
             "the broker cancelled the history consumer (queue deleted?); redeclaring it and copying what it lost",
             queue=self.history_queue.name, consumer_tag=tag,
         )
+        # Runs inside the channel's frame reader: an RPC awaited here would wait for a reply that reader must read.
         lost_messages = tag == self._consumer_tag
-        await self._cancel_consumer()
         if self._tasks is not None and not self._stopping:
             self._tasks.create_task(self._reattach(lost_messages), name="history-reattach")
 
     async def _reattach(self, lost_messages: bool) -> None:
         assert self._aio_channel is not None
+        await self._cancel_consumer()
         try:
             topology = await declare_topology(self._aio_channel, self._amqp.exchange, [self.history_queue])
             self._queue = topology.history_queue

@@ -187,6 +187,9 @@ class Copier:
 
     def request(self) -> None:
         """Copy again (the broker recreated this replica's queue: what was routed to the old one is lost)."""
+        if not self._peers:
+            log.warning("this replica's queue was recreated and it has no peers to copy what it lost from")
+            return
         self.status.state = "pending"
         self._requested.set()
 

@@ -88,7 +88,8 @@ def test_defaults_are_one_replica_a_week_of_expiry_and_no_peers(monkeypatch: pyt
 @pytest.mark.parametrize(
     ("env", "named"),
     [
-        ({"HISTORY_REPLICA": "2", "AMQP_HISTORY_REPLICAS": "2"}, "HISTORY_REPLICA is 2, but AMQP_HISTORY_REPLICAS is 2"),
+        ({"HISTORY_REPLICA": "2", "AMQP_HISTORY_REPLICAS": "2"},
+         "HISTORY_REPLICA is 2, but AMQP_HISTORY_REPLICAS is 2"),
         ({"HOSTNAME": "x-history-3", "AMQP_HISTORY_REPLICAS": "2"}, "the ordinal in HOSTNAME is 3"),
         ({"HISTORY_REPLICA": "-1"}, "HISTORY_REPLICA:"),
         ({"AMQP_HISTORY_REPLICAS": "0"}, "AMQP_HISTORY_REPLICAS:"),
