@@ -232,10 +232,12 @@ async def healthz(_: Request) -> Response:
 
 
 async def progress(request: Request) -> Response:
-    """Delivery counters, for chat replicas to tell when history has stored what was queued before a moment."""
+    """Delivery counters, for chat replicas to tell when history has stored what was queued before a moment;
+    ``queue`` names the queue they count (this replica's own)."""
     service = _service(request)
     consumer = service.consumer
-    return JSONResponse({"boot": service.boot, "received": consumer.received, "settled": consumer.settled})
+    return JSONResponse({"boot": service.boot, "received": consumer.received, "settled": consumer.settled,
+                         "queue": consumer.history_queue.name})
 
 
 async def readyz(request: Request) -> Response:
