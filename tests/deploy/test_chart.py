@@ -160,7 +160,7 @@ def test_chat_drains_before_it_is_killed(render: Renderer, values_case: ValuesCa
 def test_history_is_a_statefulset_with_a_volume_per_replica(render: Renderer, values_case: ValuesCase) -> None:
     docs = render.docs(values_case[1])
     sts = find(docs, "StatefulSet", "-history")
-    assert sts["spec"]["replicas"] == 1
+    assert sts["spec"]["replicas"] == 1, "one replica unless history.replicas says otherwise"
     headless = find(docs, "Service", "-history-headless")
     assert headless["spec"]["clusterIP"] == "None"
     assert sts["spec"]["serviceName"] == headless["metadata"]["name"]
@@ -174,8 +174,42 @@ def test_history_is_a_statefulset_with_a_volume_per_replica(render: Renderer, va
     assert "HorizontalPodAutoscaler" not in kinds([d for d in docs if d["metadata"]["name"].endswith("-history")])
 
 
+def test_history_service_routes_to_ready_replicas_and_peers_resolve_the_others(render: Renderer) -> None:
+    """Reads through the ClusterIP Service reach ready pods only (Kubernetes' default); the headless Service, whose
+    per-pod names are the peer and reader URLs, also publishes pods that are not ready: a copying replica must
+    resolve its peers, and it answers readers 503 not_ready itself."""
+    docs = render.docs(sets=("history.replicas=2",))
+    assert not find(docs, "Service", "-history")["spec"].get("publishNotReadyAddresses", False)
+    assert find(docs, "Service", "-history")["spec"].get("clusterIP") != "None"
+    assert find(docs, "Service", "-history-headless")["spec"]["publishNotReadyAddresses"] is True
+
+
+def _replica_urls(docs: list[Doc]) -> list[str]:
+    sts = find(docs, "StatefulSet", "-history")
+    port = _named_port(sts["spec"]["template"]["spec"]["containers"][0], "http")
+    name, service = sts["metadata"]["name"], sts["spec"]["serviceName"]
+    return [f"http://{name}-{ordinal}.{service}:{port}" for ordinal in range(sts["spec"]["replicas"])]
+
+
+@pytest.mark.parametrize("replicas", [1, 2, 3])
+def test_replica_count_sets_queues_peers_and_reader_urls(render: Renderer, replicas: int) -> None:
+    docs = render.docs(sets=(f"history.replicas={replicas}",))
+    chat = find(docs, "ConfigMap", "-chat")["data"]
+    history = find(docs, "ConfigMap", "-history")["data"]
+    assert find(docs, "StatefulSet", "-history")["spec"]["replicas"] == replicas
+    # Chat declares every history queue; history checks its own ordinal against the count.
+    assert chat["AMQP_HISTORY_REPLICAS"] == history["AMQP_HISTORY_REPLICAS"] == str(replicas)
+    # Pod n of the StatefulSet is `<name>-<n>` under the headless Service: index = ordinal, in both lists.
+    urls = _replica_urls(docs)
+    assert history["HISTORY_PEERS"].split(",") == chat["CHAT_HISTORY_URL"].split(",") == urls
+    # One ConfigMap for every pod: the ordinal comes from the pod's own name (HOSTNAME), never from the chart.
+    sts = find(docs, "StatefulSet", "-history")
+    env = {e["name"] for e in sts["spec"]["template"]["spec"]["containers"][0].get("env", [])}
+    assert "HISTORY_REPLICA" not in history and "HISTORY_REPLICA" not in env
+
+
 def test_history_replicas_have_a_budget_and_spread_softly(render: Renderer) -> None:
-    docs = render.docs(kube_version="1.30.0")
+    docs = render.docs(sets=("history.replicas=2",), kube_version="1.30.0")
     pdb = find(docs, "PodDisruptionBudget", "-history")
     assert pdb["spec"]["maxUnavailable"] == 1 and pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
     spec = find(docs, "StatefulSet", "-history")["spec"]["template"]["spec"]
@@ -195,6 +229,21 @@ def test_history_replicas_have_a_budget_and_spread_softly(render: Renderer) -> N
     assert find(docs, "StatefulSet", "-history")["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"] == required
     assert [d["metadata"]["name"] for d in docs if d["kind"] == "PodDisruptionBudget"] == [
         find(docs, "Deployment", "-chat")["metadata"]["name"]]
+
+
+# What Kubernetes lets `helm upgrade` change on an existing StatefulSet; everything else is immutable.
+STATEFULSET_MUTABLE = {"replicas", "template", "updateStrategy", "persistentVolumeClaimRetentionPolicy",
+                       "minReadySeconds", "ordinals"}
+
+
+def test_scaling_history_changes_no_immutable_statefulset_field(render: Renderer) -> None:
+    """A release installed with one replica (the v1 chart) upgrades in place to more: the immutable fields
+    (podManagementPolicy, serviceName, selector, volumeClaimTemplates) are what v1 released."""
+    specs = [find(render.docs(sets=(f"history.replicas={n}",)), "StatefulSet", "-history")["spec"] for n in (1, 3)]
+    frozen = [{k: v for k, v in spec.items() if k not in STATEFULSET_MUTABLE} for spec in specs]
+    assert frozen[0] == frozen[1]
+    assert frozen[0]["podManagementPolicy"] == "OrderedReady", "v1's value; changing it needs a delete and recreate"
+    assert specs[1]["updateStrategy"] == {"type": "RollingUpdate"}, "one pod at a time, highest ordinal first"
 
 
 def test_pdb_and_hpa_toggles(render: Renderer) -> None:
@@ -268,6 +317,9 @@ def test_config_change_rolls_the_pods(render: Renderer) -> None:
     assert changed_amqp[0] != base[0] and changed_amqp[1] != base[1]
     changed_secret = checksums("secret.amqpUrl=amqp://u:p@broker:5672/x")
     assert changed_secret[0] != base[0] and changed_secret[1] != base[1]
+    # More history replicas: chat must declare the new queue and read from the new pod, history gets new peers.
+    scaled = checksums("history.replicas=2")
+    assert scaled[0] != base[0] and scaled[1] != base[1]
 
 
 def test_helm_test_pod_checks_both_services(render: Renderer) -> None:
@@ -333,6 +385,7 @@ BAD_VALUES = [
     ("chat.port=abc", "chat.port: invalid type"),
     ("image.pullPolicy=Sometimes", "image.pullpolicy must be one of"),
     ("history.persistence.size=lots", "history.persistence.size: does not match pattern"),
+    ("history.replicas=0", "history.replicas: must be greater than or equal to 1"),
     ("secret.amqpUrl=http://broker", "secret.amqpurl: does not match pattern"),
 ]
 

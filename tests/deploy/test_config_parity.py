@@ -130,11 +130,15 @@ def test_ports_and_urls_agree_with_the_services(render: Renderer, values_case: V
     assert ports["chat"]["metrics"] == int(chat_env["CHAT_METRICS_PORT"]) != 0  # type: ignore[arg-type]
     assert ports["history"]["http"] == int(history_env["HISTORY_PORT"])  # type: ignore[arg-type]
     assert ports["history"]["metrics"] == int(history_env["HISTORY_METRICS_PORT"]) != 0  # type: ignore[arg-type]
-    history_service = find(docs, "Service", "-history")
-    assert chat_env["CHAT_HISTORY_URL"] == (
-        f"http://{history_service['metadata']['name']}:{history_service['spec']['ports'][0]['port']}"
+    # Chat reads from each history replica by its pod name under the headless Service, on the pod's http port.
+    sts = find(docs, "StatefulSet", "-history")
+    headless = find(docs, "Service", "-history-headless")
+    assert sts["spec"]["serviceName"] == headless["metadata"]["name"]
+    assert chat_env["CHAT_HISTORY_URL"] == history_env["HISTORY_PEERS"] == ",".join(
+        f"http://{sts['metadata']['name']}-{n}.{headless['metadata']['name']}:{ports['history']['http']}"
+        for n in range(sts["spec"]["replicas"])
     )
-    assert history_service["spec"]["ports"][0]["targetPort"] == "http"
+    assert find(docs, "Service", "-history")["spec"]["ports"][0]["targetPort"] == "http"
     assert chat_env["CHAT_HOST"] == history_env["HISTORY_HOST"] == "0.0.0.0"
 
 

@@ -147,3 +147,26 @@ def test_settings_and_security_survive_the_overlays(kubectl: str, tree: str) -> 
             grace = spec["terminationGracePeriodSeconds"]
             drain = float(config_maps[container["envFrom"][0]["configMapRef"]["name"]]["data"]["CHAT_SHUTDOWN_GRACE_S"])
             assert grace > drain + float(container["lifecycle"]["preStop"]["exec"]["command"][1]), tree
+
+
+@pytest.mark.parametrize("tree", TREES)
+def test_history_replica_count_and_its_settings_agree(kubectl: str, tree: str) -> None:
+    """An overlay that changes the StatefulSet's replicas must change AMQP_HISTORY_REPLICAS (both components),
+    HISTORY_PEERS and CHAT_HISTORY_URL with it: a replica whose queue chat does not declare misses every message
+    published before it first starts, and a peer list that lacks a pod hides it from readers and copies."""
+    docs = build(kubectl, tree)
+    config_maps = {d["metadata"]["name"]: d["data"] for d in docs if d["kind"] == "ConfigMap"}
+    env = {}
+    for obj, spec in pod_specs(docs):
+        component = obj["metadata"]["labels"]["app.kubernetes.io/component"]
+        env[component] = {k: v for source in spec["containers"][0]["envFrom"]
+                          for k, v in config_maps[source["configMapRef"]["name"]].items()}
+    sts = next(d for d in docs if d["kind"] == "StatefulSet")
+    replicas = sts["spec"]["replicas"]
+    urls = [f"http://{sts['metadata']['name']}-{n}.{sts['spec']['serviceName']}:8001" for n in range(replicas)]
+    assert env["chat"]["AMQP_HISTORY_REPLICAS"] == env["history"]["AMQP_HISTORY_REPLICAS"] == str(replicas), tree
+    assert env["history"]["HISTORY_PEERS"].split(",") == env["chat"]["CHAT_HISTORY_URL"].split(",") == urls, tree
+    if tree == "overlays/production":
+        assert replicas == 2
+    elif tree == "base":
+        assert replicas == 1

@@ -123,24 +123,44 @@ include "durable-chat.settingsEnv" (dict "ctx" $ "groups" (list "amqp" "log" "ch
 {{- end }}
 {{- end }}
 
+{{/*
+Every history replica's base URL in ordinal order, comma-separated: the pod's stable name under the headless
+Service (`<fullname>-history-<i>.<headless>`), which the pod's DNS search path completes with its namespace and the
+cluster domain, so the same string holds in any namespace (and in the Kustomize base, which has none). The headless
+Service publishes not-ready pods too: a replica that is copying resolves and answers 503 not_ready.
+*/}}
+{{- define "durable-chat.history.replicaUrls" -}}
+{{- $urls := list }}
+{{- range $ordinal := until (int .Values.history.replicas) }}
+{{- $urls = append $urls (printf "http://%s-%d.%s:%d" (include "durable-chat.history.fullname" $) $ordinal (include "durable-chat.history.headless" $) (int $.Values.history.port)) }}
+{{- end }}
+{{- join "," $urls }}
+{{- end }}
+
 {{/* Environment of the chat ConfigMap. */}}
 {{- define "durable-chat.chat.env" -}}
 {{- $extra := dict
   "CHAT_HOST" "0.0.0.0"
   "CHAT_PORT" .Values.chat.port
   "CHAT_METRICS_PORT" .Values.chat.metricsPort
-  "CHAT_HISTORY_URL" (printf "http://%s:%d" (include "durable-chat.history.fullname" .) (int .Values.history.service.port))
+  "CHAT_HISTORY_URL" (include "durable-chat.history.replicaUrls" .)
+  "AMQP_HISTORY_REPLICAS" .Values.history.replicas
 }}
 {{- include "durable-chat.settingsEnv" (dict "ctx" . "groups" (list "amqp" "log" "chat") "extra" $extra) }}
 {{- end }}
 
-{{/* Environment of the history ConfigMap. */}}
+{{/*
+Environment of the history ConfigMap. HISTORY_REPLICA is not set: each pod takes its ordinal from its own name
+(HOSTNAME, `...-history-<n>`), so one ConfigMap serves every pod of the StatefulSet.
+*/}}
 {{- define "durable-chat.history.env" -}}
 {{- $extra := dict
   "HISTORY_HOST" "0.0.0.0"
   "HISTORY_PORT" .Values.history.port
   "HISTORY_METRICS_PORT" .Values.history.metricsPort
   "HISTORY_DATA_DIR" "/data/history"
+  "HISTORY_PEERS" (include "durable-chat.history.replicaUrls" .)
+  "AMQP_HISTORY_REPLICAS" .Values.history.replicas
 }}
 {{- include "durable-chat.settingsEnv" (dict "ctx" . "groups" (list "amqp" "log" "history") "extra" $extra) }}
 {{- end }}
