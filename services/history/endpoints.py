@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import orjson
@@ -168,11 +169,15 @@ async def export(request: Request) -> Response:
 
 
 async def _export_lines(service: HistoryService, position: ExportPosition) -> AsyncIterator[bytes]:
+    # Test fault `history.export.delay_s`: a slow peer, so that a test can cut a copy short.
+    delay_s = service.faults.delay_s("history.export")
     while True:
         chunk = await service.store.export(position, _EXPORT_CHUNK)
         if not chunk:
             return
         yield b"\n".join(body for _, _, body in chunk) + b"\n"
+        if delay_s:
+            await asyncio.sleep(delay_s)
         if len(chunk) < _EXPORT_CHUNK:
             return
         room, last_id, _ = chunk[-1]

@@ -31,7 +31,7 @@ class HistoryService(StackOwner):
         self.settings = config.history
         self.metrics = metrics or HistoryMetrics.create()
         self.verifier = TokenVerifier(config.history.auth_secret, config.history.auth_public_key)
-        faults = Faults.from_env()
+        faults = self.faults = Faults.from_env()
         self.store = ThreadedStore(config.history.data_dir, faults)
         self.ordinal = config.history.ordinal
         self.consumer = HistoryConsumer(
