@@ -7,8 +7,9 @@ install. History replicas n >= 1 (v1.1) each have a queue of their own, ``chat.h
 
 A queue of ordinal >= 1 that already exists with other arguments (``AMQP_HISTORY_QUEUE_EXPIRES_S`` changed since it
 was created) is kept as it is: the declare logs one error naming the queue and both argument sets, then uses the
-existing queue. The rule (docs/guarantees.md, history replicas): the expiry applies to queues created after the change; to change an
-existing one, set a RabbitMQ policy or delete the queue (its replica then copies what it lacks from a peer).
+existing queue. The rule (docs/guarantees.md, history replicas): the expiry applies to queues created after the
+change; to change an existing one, set a RabbitMQ policy or delete the queue (its replica then copies what it lacks
+from a peer).
 """
 
 from __future__ import annotations
