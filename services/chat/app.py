@@ -28,6 +28,7 @@ def create_app(config: ChatConfig, serve_metrics: bool | None = None) -> Starlet
         routes=[
             WebSocketRoute("/ws", endpoints.chat_socket),
             Route("/api/rooms/{room}/messages", endpoints.history_proxy),
+            Route("/api/rooms/{room}/presence", endpoints.presence_api),
             Route("/healthz", endpoints.healthz),
             Route("/readyz", endpoints.readyz),
         ],

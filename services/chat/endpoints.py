@@ -22,12 +22,13 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from services.chat.history_client import HistoryUnavailable
 from services.chat.hub import Subscriber
 from services.chat.limits import TokenBucket
+from services.chat.presence import Ticket
 from services.chat.relay import PublishFailed
 from services.chat.service import CLOSE_SERVICE_RESTART, ChatService
 from services.chat.sync import Gap, error_frame
 from services.common.auth import Unauthorized, bearer_token
 from services.common.http import error_response
-from services.common.schema import DEFAULT_ROOM, Cursor, FrameError, parse_send_frame, valid_room
+from services.common.schema import DEFAULT_ROOM, Cursor, FrameError, TypingRequest, parse_client_frame, valid_room
 
 log = structlog.get_logger(__name__)
 CLOSE_POLICY = 1008
@@ -54,6 +55,7 @@ class Session:
     cursor: Cursor | None
     cursor_error: FrameError | None
     coalesce: bool
+    presence: bool  # `presence=0`: no presence frames, and listed as occupancy only
 
 
 def _open_session(websocket: WebSocket, service: ChatService) -> Session:
@@ -80,7 +82,9 @@ def _open_session(websocket: WebSocket, service: ChatService) -> Session:
             cursor = Cursor.parse(params["after"])
         except FrameError as exc:
             cursor_error = exc
-    return Session(room, author, token, cursor, cursor_error, params.get("coalesce") == "1")
+    return Session(
+        room, author, token, cursor, cursor_error, params.get("coalesce") == "1", params.get("presence") != "0"
+    )
 
 
 def _display_name(raw: str | None) -> str | None:
@@ -126,6 +130,7 @@ async def _serve(websocket: WebSocket, service: ChatService) -> None:
     service.metrics.connections.inc()
     started = time.perf_counter()
     backfill: asyncio.Task[None] | None = None
+    presence: Ticket | None = None
     try:
         if session.cursor_error is not None:
             _reply_error(service, subscriber, session.cursor_error)
@@ -136,6 +141,8 @@ async def _serve(websocket: WebSocket, service: ChatService) -> None:
             if gap.reason == "unavailable":
                 service.metrics.errors.labels(code="history_unavailable").inc()
             backfill = asyncio.create_task(_backfill(service, subscriber, gap, session.token), name="ws-backfill")
+        if service.presence is not None:
+            presence = service.presence.enter(subscriber, session.author, session.presence)
         await _receive_loop(websocket, service, session, subscriber)
     except WebSocketDisconnect:
         pass
@@ -144,6 +151,8 @@ async def _serve(websocket: WebSocket, service: ChatService) -> None:
             backfill.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await backfill
+        if presence is not None and service.presence is not None:
+            service.presence.leave(subscriber, presence)
         service.hub.unsubscribe(subscriber)
         service.metrics.clients.dec()
         if subscriber.close_code is not None:
@@ -180,7 +189,14 @@ async def _receive_frames(websocket: WebSocket, service: ChatService, session: S
             _reply_error(service, subscriber, FrameError("binary_unsupported", "send JSON in text frames"))
             continue
         try:
-            request = parse_send_frame(text, settings.max_message_bytes)
+            frame = parse_client_frame(text, settings.max_message_bytes)
+            if isinstance(frame, TypingRequest):
+                if not bucket.take():  # typing costs a send's token: it cannot be used to flood the room
+                    raise FrameError("rate_limited", f"over {settings.rate_limit_per_s:g} frames/s")
+                if service.presence is not None:
+                    service.presence.typing(subscriber, session.author)
+                continue  # never stored, never acked
+            request = frame
             if not bucket.take():
                 raise FrameError("rate_limited", f"over {settings.rate_limit_per_s:g} messages/s", request.client_id)
             message_id = await service.accept(session.room, session.author, request)
@@ -302,6 +318,24 @@ async def history_proxy(request: Request) -> Response:
         media_type=upstream.headers.get("content-type"),
         background=BackgroundTask(upstream.aclose),
     )
+
+
+async def presence_api(request: Request) -> Response:
+    """Who is in a room, for the whole cluster: every replica holds the same view (heartbeats and deltas)."""
+    service = _service(request)
+    if service.verifier.enabled:
+        try:
+            token = bearer_token(request.headers.get("authorization"), request.query_params.get("token"))
+            service.verifier.subject(token)
+        except Unauthorized as exc:
+            return error_response(401, "unauthorized", str(exc))
+    room = request.path_params["room"]
+    if not valid_room(room):
+        return error_response(400, "bad_room", "room must match [A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
+    if service.presence is None:
+        return error_response(404, "presence_disabled", "presence is turned off (CHAT_PRESENCE_ENABLED=false)")
+    snapshot = service.presence.snapshot(room)
+    return JSONResponse({**snapshot.body(), "total": snapshot.total})
 
 
 async def healthz(_: Request) -> Response:

@@ -15,6 +15,10 @@ ERROR_CODES = (
 CLOSE_CODES = ("1008", "1012", "1013")
 HISTORY_FETCH_RESULTS = ("ok", "unavailable", "lagging", "backfilled")
 SEND_BUFFER_LIMITS = ("frames", "bytes")
+PRESENCE_KINDS = ("state", "beat", "typing", "hello", "bye")
+PRESENCE_DROP_REASONS = (
+    "typing_throttled", "typing_full", "typing_stale", "room_full", "outbox_full", "disconnected", "unreadable",
+)
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -40,6 +44,11 @@ class ChatMetrics:
     slow_consumers: Counter
     ring_evictions: Counter
     idempotency_evictions: Counter
+    presence_members: Gauge
+    presence_occupancy: Gauge
+    presence_messages: Counter
+    presence_dropped: Counter
+    presence_heartbeat_lag: Histogram
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> ChatMetrics:
@@ -115,6 +124,28 @@ class ChatMetrics:
                 "durable_chat_idempotency_evictions_total",
                 "Confirmed client_ids forgotten before their window ended because the cache was full.", registry=r,
             ),
+            presence_members=Gauge(
+                "durable_chat_presence_members",
+                "Members (distinct author and room) connected to this replica, as listed in presence.", registry=r,
+            ),
+            presence_occupancy=Gauge(
+                "durable_chat_presence_occupancy",
+                "Connections counted in presence on this replica (members' and anonymous).", registry=r,
+            ),
+            presence_messages=Counter(
+                "durable_chat_presence_messages_total",
+                "Messages on the presence exchange, by direction (in, out) and kind.", ["direction", "kind"],
+                registry=r,
+            ),
+            presence_dropped=Counter(
+                "durable_chat_presence_dropped_total",
+                "Presence and typing events not sent or not taken, by reason.", ["reason"], registry=r,
+            ),
+            presence_heartbeat_lag=Histogram(
+                "durable_chat_presence_heartbeat_lag_seconds",
+                "Another replica's heartbeat, from its sending to its arrival here.", buckets=_LATENCY_BUCKETS,
+                registry=r,
+            ),
         )
         for reason in PUBLISH_FAILURE_REASONS:
             metrics.publish_failures.labels(reason=reason)
@@ -126,4 +157,9 @@ class ChatMetrics:
             metrics.history_fetches.labels(result=result)
         for limit in SEND_BUFFER_LIMITS:
             metrics.slow_consumers.labels(limit=limit)
+        for kind in PRESENCE_KINDS:
+            for direction in ("in", "out"):
+                metrics.presence_messages.labels(direction=direction, kind=kind)
+        for reason in PRESENCE_DROP_REASONS:
+            metrics.presence_dropped.labels(reason=reason)
         return metrics

@@ -19,6 +19,7 @@ from services.chat.hub import Hub, SendBounds
 from services.chat.idempotency import IdempotencyCache
 from services.chat.limits import ClientAddress, ConnectionCounter
 from services.chat.metrics import ChatMetrics
+from services.chat.presence_relay import PresenceRelay
 from services.chat.relay import ChatRelay, PublishFailed
 from services.chat.ring import RecentRing
 from services.chat.settings import ChatConfig
@@ -60,6 +61,8 @@ class ChatService(StackOwner):
             self.history, self.ring, config.chat.recovery_window_ms, config.chat.history_on_connect,
             history_caught_up=lambda: self.relay is not None and self.relay.history_caught_up,
         )
+        # Presence has a broker connection of its own, never part of readiness: it is best effort.
+        self.presence = PresenceRelay(chat, config.amqp, self.metrics) if chat.presence_enabled else None
         self.origin = ""
         self.supervisor: Supervisor | None = None
         self.relay: ChatRelay | None = None
@@ -85,6 +88,13 @@ class ChatService(StackOwner):
         link = BrokerLink(self.config.amqp, f"durable-chat-{self.origin}", relay.setup, self.supervisor, self._on_lost)
         self.link = await stack.enter_async_context(link)
         await stack.enter_async_context(relay)
+        if self.presence is not None:
+            self.presence.origin = self.origin
+            await stack.enter_async_context(
+                BrokerLink(self.config.amqp, f"durable-chat-presence-{self.origin}", self.presence.setup,
+                           self.supervisor, self.presence.on_lost)
+            )
+            await stack.enter_async_context(self.presence)
         await stack.enter_async_context(self._clients())
 
     @property

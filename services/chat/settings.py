@@ -81,6 +81,36 @@ class ChatSettings(BaseSettings):
         default=10.0, ge=0, le=300, description="Time given to clients to drain on SIGTERM."
     )
     static_dir: str = Field(default="", description="Serve the page from this folder instead of the packaged one.")
+    presence_enabled: bool = Field(
+        default=True, description="Presence and typing (the chat.presence exchange); false turns both off."
+    )
+    presence_heartbeat_s: float = Field(
+        default=15.0, gt=0, le=300, description="How often a replica sends the members of its rooms to the others."
+    )
+    presence_ttl_s: float = Field(
+        default=45.0, gt=0, le=3600,
+        description="Members of a replica not heard from for this long are dropped (above CHAT_PRESENCE_HEARTBEAT_S).",
+    )
+    presence_max_members_per_room: int = Field(
+        default=10_000, ge=1, le=1_000_000,
+        description="Members a room lists at most; connections of further authors count as occupancy only.",
+    )
+    presence_snapshot_members: int = Field(
+        default=100, ge=0, le=10_000, description="Members sent in a presence snapshot at most (the earliest first)."
+    )
+    presence_heartbeat_chunk: int = Field(
+        default=500, ge=1, le=100_000, description="Member entries per heartbeat message; larger heartbeats are split."
+    )
+    presence_typing_throttle_s: float = Field(
+        default=2.0, ge=0, le=60, description="One typing event per author and room at most this often."
+    )
+    presence_typing_expiry_s: float = Field(
+        default=5.0, gt=0, le=60, description="How long a typing event is valid; older ones are not delivered."
+    )
+    presence_typing_max_entries: int = Field(
+        default=10_000, ge=1, le=1_000_000,
+        description="Authors tracked by the typing throttle at most; past it, typing events are dropped.",
+    )
 
     _split = field_validator("trusted_proxies", "allowed_origins", mode="before")(_split_csv)
 
@@ -116,5 +146,11 @@ def load_config() -> ChatConfig:
             "invalid configuration: CHAT_SEND_BUFFER_BYTES must be at least CHAT_MAX_FRAME_BYTES "
             f"({config.chat.send_buffer_bytes} < {config.chat.max_frame_bytes}): a client could never be sent "
             "one full coalesced frame"
+        )
+    if config.chat.presence_ttl_s <= config.chat.presence_heartbeat_s:
+        raise ConfigError(
+            "invalid configuration: CHAT_PRESENCE_TTL_S must be larger than CHAT_PRESENCE_HEARTBEAT_S "
+            f"({config.chat.presence_ttl_s} <= {config.chat.presence_heartbeat_s}): every member would flicker out "
+            "between two heartbeats"
         )
     return config

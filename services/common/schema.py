@@ -121,8 +121,30 @@ class SendRequest:
     client_id: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class TypingRequest:
+    """``{"type": "typing"}``: the client's user is writing (presence, never stored)."""
+
+
+TYPING = TypingRequest()
+
+
+def parse_client_frame(raw: str, max_text_bytes: int) -> SendRequest | TypingRequest:
+    """Validate one client text frame, a send or a typing event; raise FrameError with the contract's code."""
+    data = _frame_object(raw)
+    if data.get("type") == "typing":
+        if len(data) > 1:
+            raise FrameError("bad_frame", "a typing frame has no field but type")
+        return TYPING
+    return _send_request(data, max_text_bytes)
+
+
 def parse_send_frame(raw: str, max_text_bytes: int) -> SendRequest:
-    """Validate one client text frame; raise FrameError with the contract's code."""
+    """Validate one client send frame; raise FrameError with the contract's code."""
+    return _send_request(_frame_object(raw), max_text_bytes)
+
+
+def _frame_object(raw: str) -> dict[str, Any]:
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -131,6 +153,10 @@ def parse_send_frame(raw: str, max_text_bytes: int) -> SendRequest:
         raise FrameError("bad_json", "frame is not valid JSON") from None
     if not isinstance(data, dict):
         raise FrameError("bad_frame", "frame must be a JSON object")
+    return data
+
+
+def _send_request(data: dict[str, Any], max_text_bytes: int) -> SendRequest:
     client_id = data.get("client_id")
     if client_id is not None and (not isinstance(client_id, str) or not CLIENT_ID_RE.fullmatch(client_id)):
         raise FrameError("bad_frame", "client_id must match [A-Za-z0-9_.:-]{1,64}")
@@ -138,7 +164,7 @@ def parse_send_frame(raw: str, max_text_bytes: int) -> SendRequest:
     if unknown:
         raise FrameError("bad_frame", f"unknown field(s): {', '.join(sorted(unknown))[:200]}", client_id)
     if data.get("type", "send") != "send":
-        raise FrameError("bad_frame", "type must be 'send'", client_id)
+        raise FrameError("bad_frame", "type must be 'send' or 'typing'", client_id)
     text = data.get("text")
     if text is None:
         raise FrameError("bad_frame", "missing field: text", client_id)

@@ -31,11 +31,16 @@ def cursor_of(messages: Sequence[Frame], max_origins: int = 32) -> str:
 class ChatClient:
     """Keeps every frame; ``messages`` holds message frames in arrival order, ``unique`` by id."""
 
-    def __init__(self, urls: Sequence[str], room: str, name: str | None = None, coalesce: bool = False) -> None:
+    def __init__(
+        self, urls: Sequence[str], room: str, name: str | None = None, coalesce: bool = False, presence: bool = True
+    ) -> None:
         self.urls = list(urls)
         self.room = room
         self.name = name
         self.coalesce = coalesce
+        self.presence = presence
+        self.members: dict[str, Frame] = {}  # presence: the snapshot, kept current by join and leave
+        self.presence_events: list[Frame] = []  # presence, join, leave and typing frames, in arrival order
         self.frames: list[Frame] = []
         self.messages: list[Frame] = []
         self.unique: dict[str, Frame] = {}
@@ -67,6 +72,8 @@ class ChatClient:
             params["after"] = after
         if self.coalesce:
             params["coalesce"] = "1"
+        if not self.presence:
+            params["presence"] = "0"
         return f"{self.urls[index % len(self.urls)]}?{urlencode(params)}"
 
     async def connect(self, index: int = 0, resume: bool = False, timeout: float = 30) -> None:
@@ -100,6 +107,12 @@ class ChatClient:
         client_id = client_id or f"c{next(_client_ids)}"
         await self.ws.send(orjson.dumps({"type": "send", "text": text, "client_id": client_id}).decode())
         return client_id
+
+    async def send_typing(self) -> None:
+        await self.ws.send('{"type":"typing"}')
+
+    def typing_from(self) -> list[str]:
+        return [f["author"] for f in self.presence_events if f["type"] == "typing"]
 
     async def send_raw(self, data: str | bytes) -> None:
         await self.ws.send(data)
@@ -154,6 +167,14 @@ class ChatClient:
             self.acks[frame["client_id"]] = frame["id"]
         elif kind == "error":
             self.errors.append(frame)
+        elif kind in ("presence", "join", "leave", "typing"):
+            self.presence_events.append(frame)
+            if kind == "presence":
+                self.members = {member["author"]: member for member in frame["members"]}
+            elif kind == "join":
+                self.members[frame["author"]] = {"author": frame["author"]}
+            elif kind == "leave":
+                self.members.pop(frame["author"], None)
         elif kind == "synced":
             if frame.get("complete", True):
                 self.gap_cursor = None

@@ -1,0 +1,188 @@
+"""The presence model with an injected clock: membership across replicas, expiry, bounds, chunking, typing."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from services.chat.presence import InvalidPresence, PresenceMessage, PresenceView, Transition, TypingThrottle
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def view(clock: Clock, ttl_s: float = 45, max_members: int = 100) -> PresenceView:
+    return PresenceView(ttl_s, max_members, clock)
+
+
+def members(v: PresenceView, room: str, first: int = 100) -> dict[str, tuple[int, int]]:
+    return {m.author: (m.since, m.connections) for m in v.snapshot(room, first).members}
+
+
+def test_a_local_join_and_leave_are_transitions_only_for_the_first_and_last_connection() -> None:
+    v = view(Clock())
+    first, joined = v.connect("r", "ann", 10)
+    assert joined == [Transition("join", "r", "ann")]
+    second, joined_again = v.connect("r", "ann", 20)
+    assert joined_again == []
+    assert members(v, "r") == {"ann": (10, 2)} and v.snapshot("r", 10).occupancy == 2
+    assert v.disconnect(second) == []
+    assert v.disconnect(first) == [Transition("leave", "r", "ann")]
+    assert v.snapshot("r", 10).occupancy == 0 and members(v, "r") == {}
+    assert v.local_members == 0 and v.local_connections == 0
+
+
+def test_anonymous_connections_are_occupancy_not_members() -> None:
+    v = view(Clock())
+    ticket, transitions = v.connect("r", None, 10)
+    assert transitions == [] and ticket.author is None
+    v.connect("r", "bob", 11)
+    snapshot = v.snapshot("r", 10)
+    assert snapshot.occupancy == 2 and [m.author for m in snapshot.members] == ["bob"] and snapshot.total == 1
+    v.disconnect(ticket)
+    assert v.snapshot("r", 10).occupancy == 1
+
+
+def test_one_author_on_several_replicas_is_one_member_with_a_connection_count() -> None:
+    v = view(Clock())
+    ticket, _ = v.connect("r", "ann", 500)
+    remote = {"r": {"o": 3, "m": {"ann": [300, 2], "cy": [400, 1]}}}
+    assert v.apply("B", remote) == [Transition("join", "r", "cy")]  # ann was already here
+    assert members(v, "r") == {"ann": (300, 3), "cy": (400, 1)}
+    assert v.snapshot("r", 10).occupancy == 4
+    assert v.disconnect(ticket) == []  # still on B
+    assert v.apply("B", {"r": {"o": 1, "m": {"ann": [0, 0]}}}) == [Transition("leave", "r", "ann")]
+    assert members(v, "r") == {"cy": (400, 1)} and v.snapshot("r", 10).occupancy == 1
+
+
+def test_a_silent_replica_expires_after_the_ttl_and_its_heartbeats_keep_it() -> None:
+    clock = Clock()
+    v = view(clock, ttl_s=45)
+    v.connect("r", "local", 1)
+    v.apply("B", {"r": {"o": 2, "m": {"bob": [5, 2]}}})
+    clock.now += 30
+    assert v.expire() == []
+    v.apply("B", {"r": {"o": 2, "m": {"bob": [5, 2]}}})  # a heartbeat refreshes
+    clock.now += 44
+    assert v.expire() == []
+    clock.now += 2
+    assert v.expire() == [Transition("leave", "r", "bob")]
+    assert members(v, "r") == {"local": (1, 1)} and v.snapshot("r", 10).occupancy == 1  # own entries never expire
+
+
+def test_an_entry_a_heartbeat_stops_listing_expires_while_the_others_stay() -> None:
+    clock = Clock()
+    v = view(clock)
+    v.apply("B", {"r": {"o": 2, "m": {"bob": [5, 1], "cy": [6, 1]}}})  # the leave of cy was lost
+    clock.now += 30
+    v.apply("B", {"r": {"o": 1, "m": {"bob": [5, 1]}}})
+    clock.now += 20
+    assert v.expire() == [Transition("leave", "r", "cy")]
+    assert list(members(v, "r")) == ["bob"]
+
+
+def test_a_replica_that_says_goodbye_is_forgotten_at_once() -> None:
+    v = view(Clock())
+    v.apply("B", {"r": {"o": 1, "m": {"bob": [5, 1]}}, "s": {"o": 4, "m": {}}})
+    v.apply("C", {"r": {"o": 1, "m": {"bob": [7, 1]}}})
+    assert v.drop_origin("B") == []  # bob is still on C
+    assert v.snapshot("s", 10).occupancy == 0
+    assert v.drop_origin("C") == [Transition("leave", "r", "bob")]
+
+
+def test_a_full_room_counts_further_authors_as_occupancy_and_lists_the_first_k() -> None:
+    v = view(Clock(), max_members=3)
+    tickets = [v.connect("r", f"u{i}", 100 - i)[0] for i in range(5)]
+    assert [t.author for t in tickets] == ["u0", "u1", "u2", None, None]
+    assert v.refused_members == 2
+    v.apply("B", {"r": {"o": 1, "m": {"zed": [1, 1]}}})
+    assert v.refused_members == 3
+    snapshot = v.snapshot("r", 2)
+    assert [m.author for m in snapshot.members] == ["u2", "u1"]  # the earliest first
+    assert snapshot.total == 3 and snapshot.occupancy == 6
+    for ticket in tickets:
+        v.disconnect(ticket)
+    assert v.snapshot("r", 2).occupancy == 1 and v.local_connections == 0
+
+
+def test_a_heartbeat_is_cut_into_parts_and_a_large_room_spans_parts() -> None:
+    v = view(Clock(), max_members=10_000)
+    for i in range(1200):
+        v.connect("big", f"a{i}", i)
+    for room in range(30):
+        v.connect(f"room{room}", None, 0)
+    parts = list(v.heartbeat(500))
+    assert [sum(max(1, len(s["m"])) for s in part.values()) for part in parts] == [500, 500, 230]
+    listed = [a for part in parts for a in part.get("big", {"m": {}})["m"]]
+    assert sorted(listed) == sorted(f"a{i}" for i in range(1200))
+    assert all(part["big"]["o"] == 1200 for part in parts if "big" in part)
+    other = view(Clock(), max_members=10_000)
+    for part in parts:
+        other.apply("A", part)
+    assert other.snapshot("big", 5).total == 1200 and other.snapshot("room7", 5).occupancy == 1
+
+
+def test_a_heartbeat_of_10000_connections_in_1000_rooms_is_bounded_per_message() -> None:
+    v = view(Clock(), max_members=10_000)
+    for i in range(10_000):
+        v.connect(f"room{i % 1000}", f"user{i}", i)
+    parts = list(v.heartbeat(500))
+    sizes = [len(PresenceMessage("beat", "ORIGIN01", 1, rooms=part).encode()) for part in parts]
+    assert len(parts) == 20 and max(sizes) < 32 * 1024
+
+
+def test_local_state_reports_current_counts_and_gone_authors() -> None:
+    v = view(Clock())
+    ticket, _ = v.connect("r", "ann", 10)
+    v.connect("r", None, 11)
+    assert v.local_state("r", ["ann", "gone"]) == {"o": 2, "m": {"ann": [10, 1], "gone": [0, 0]}}
+    v.disconnect(ticket)
+    assert v.local_state("r", ["ann"]) == {"o": 1, "m": {"ann": [0, 0]}}
+
+
+def test_typing_is_throttled_per_author_and_room() -> None:
+    clock = Clock()
+    throttle = TypingThrottle(2.0, 100, clock)
+    assert throttle.allow("r", "ann") == "ok"
+    assert throttle.allow("r", "ann") == "throttled"
+    assert throttle.allow("s", "ann") == "ok" and throttle.allow("r", "bob") == "ok"
+    clock.now += 1.9
+    assert throttle.allow("r", "ann") == "throttled"
+    clock.now += 0.2
+    assert throttle.allow("r", "ann") == "ok"
+    assert len(throttle) == 1  # the others were past their interval and pruned
+
+
+def test_a_full_typing_throttle_refuses_new_authors_instead_of_forgetting_old_ones() -> None:
+    clock = Clock()
+    throttle = TypingThrottle(2.0, 3, clock)
+    for author in ("a", "b", "c"):
+        assert throttle.allow("r", author) == "ok"
+    assert throttle.allow("r", "d") == "full"
+    assert throttle.allow("r", "a") == "throttled"
+    clock.now += 2
+    assert throttle.allow("r", "d") == "ok"
+
+
+def test_the_wire_form_round_trips_and_refuses_what_is_not_presence() -> None:
+    beat = PresenceMessage("beat", "ORIGIN01", 5, rooms={"r": {"o": 1, "m": {"ann": [1, 1]}}})
+    assert PresenceMessage.decode(beat.encode()) == beat
+    typing = PresenceMessage("typing", "ORIGIN01", 5, room="r", author="ann")
+    assert PresenceMessage.decode(typing.encode()) == typing
+    assert PresenceMessage.decode(PresenceMessage("bye", "ORIGIN01", 5).encode()).kind == "bye"
+    for bad in (
+        b"nope",
+        b"[]",
+        orjson.dumps({"k": "beat", "origin": "O", "ts": 1, "rooms": {"bad room": {"o": 1, "m": {}}}}),
+        orjson.dumps({"k": "beat", "origin": "O", "ts": 1, "rooms": {"r": {"o": 1, "m": {"a": [1]}}}}),
+        orjson.dumps({"k": "typing", "origin": "O", "ts": 1, "room": "r", "author": ""}),
+        orjson.dumps({"k": "what", "origin": "O", "ts": 1}),
+        orjson.dumps({"k": "bye", "origin": "O", "ts": "1"}),
+    ):
+        with pytest.raises(InvalidPresence):
+            PresenceMessage.decode(bad)
