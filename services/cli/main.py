@@ -1,4 +1,4 @@
-"""`durable-chat`: send to a room, follow it live, or export its history (contract sections 2 to 5).
+"""`durable-chat`: send to a room, follow it live, export its history, or list who is in it (protocol).
 
 Exit codes: 0 done; 1 refused by the server (an `error` frame, a 4xx, a policy close); 2 bad usage;
 3 the service could not be reached or did not answer in time; 130 interrupted.
@@ -84,7 +84,7 @@ class Service:
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
-    def ws_url(self, base: str, room: str, after: str | None) -> str:
+    def ws_url(self, base: str, room: str, after: str | None, presence: bool = False) -> str:
         parts = urlsplit(base)
         scheme = {"https": "wss", "wss": "wss"}.get(parts.scheme, "ws")
         params = {"room": room, "coalesce": "1"}
@@ -92,11 +92,13 @@ class Service:
             params["name"] = self.name
         if after:
             params["after"] = after
+        if not presence:  # a tool's connection is not a person in the room unless asked (tail --presence)
+            params["presence"] = "0"
         return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/") + "/ws", urlencode(params), ""))
 
-    async def open(self, room: str, after: str | None = None) -> ClientConnection:
+    async def open(self, room: str, after: str | None = None, presence: bool = False) -> ClientConnection:
         ws = await connect(
-            self.ws_url(self.next_url(), room, after), additional_headers=self.headers(),
+            self.ws_url(self.next_url(), room, after, presence), additional_headers=self.headers(),
             max_size=2**22, open_timeout=10, close_timeout=2,
         )
         self.reached = True
@@ -177,6 +179,21 @@ class Printer:
 
     def message(self, message: Frame) -> None:
         self.out.write((json_line(message) if self.json else human_line(message, self.with_date)) + "\n")
+        self.out.flush()
+
+    def presence(self, frame: Frame) -> None:
+        """A presence snapshot, a join or a leave (``tail --presence``); JSON keeps the frame's type."""
+        if self.json:
+            line = orjson.dumps(frame).decode()
+        else:
+            when = datetime.now().strftime("%H:%M:%S")
+            if frame.get("type") == "presence":
+                names = ", ".join(_clean(str(m.get("author"))) for m in frame.get("members", []))
+                line = f"{when} -- here: {names or 'nobody named'} ({frame.get('occupancy', 0)} connected)"
+            else:
+                verb = "joined" if frame.get("type") == "join" else "left"
+                line = f"{when} -- {_clean(str(frame.get('author')))} {verb}"
+        self.out.write(line + "\n")
         self.out.flush()
 
 
@@ -385,7 +402,7 @@ async def cmd_tail(service: Service, args: argparse.Namespace) -> int:
     attempt = 0
     while True:
         try:
-            async with await service.open(args.room, seen.connecting()) as ws:
+            async with await service.open(args.room, seen.connecting(), presence=args.presence) as ws:
                 backlog: list[Frame] = []
                 synced = False
                 async for frame in frames(ws):
@@ -411,6 +428,8 @@ async def cmd_tail(service: Service, args: argparse.Namespace) -> int:
                             first = False
                         if args.verbose:
                             note(f"following #{args.room}")
+                    elif kind in ("presence", "join", "leave"):
+                        printer.presence(frame)
                     elif kind == "error":
                         if frame.get("code") == "history_unavailable":
                             note("history is unavailable: showing recent messages; the rest follows when it returns")
@@ -524,6 +543,46 @@ class Unavailable(Exception):
     pass
 
 
+# ---- who -----------------------------------------------------------------------------------------
+
+
+async def cmd_who(service: Service, args: argparse.Namespace) -> int:
+    """The room's members across the cluster (any replica answers for all), the earliest first."""
+    attempt = 0
+    async with httpx.AsyncClient(headers=service.headers(), timeout=httpx.Timeout(10.0)) as client:
+        while True:
+            url = f"{service.next_url().rstrip('/')}/api/rooms/{args.room}/presence"
+            try:
+                response = await client.get(url)
+                break
+            except httpx.TransportError as exc:
+                if service.gives_up():
+                    note(service.unreachable(exc))
+                    return UNREACHABLE
+                await asyncio.sleep(backoff(attempt))
+                attempt += 1
+    try:
+        body = response.json()
+    except ValueError:
+        body = {}
+    if response.status_code != 200:
+        error = body.get("error", {}) if isinstance(body, dict) else {}
+        note(f"{error.get('code', f'HTTP {response.status_code}')}: {error.get('detail', '')}".rstrip(": "))
+        return UNREACHABLE if response.status_code >= 500 else REFUSED
+    if args.json:
+        sys.stdout.write(orjson.dumps(body).decode() + "\n")
+        return OK
+    for member in body["members"]:
+        since = datetime.fromtimestamp(int(member["since"]) / 1000).strftime("%Y-%m-%d %H:%M:%S")
+        count = member["connections"]
+        plural = "s" if count != 1 else ""
+        sys.stdout.write(f"{_clean(str(member['author']))}\tsince {since}\t{count} connection{plural}\n")
+    listed, total = len(body["members"]), body.get("total", len(body["members"]))
+    more = f" (the first {listed} listed)" if total > listed else ""
+    note(f"#{args.room}: {total} member{'s' if total != 1 else ''}{more}, {body['occupancy']} connected")
+    return OK
+
+
 async def _page(client: httpx.AsyncClient, url: str, params: dict[str, str | int]) -> AsyncIterator[Frame]:
     ndjson = {"Accept": "application/x-ndjson"}
     async with client.stream("GET", url, params=params, headers=ndjson) as response:
@@ -615,7 +674,14 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--after", help="start after this id (or per-origin cursor): shows everything newer")
     tail.add_argument("--json", action="store_true", help="one JSON object per line")
     tail.add_argument("-v", "--verbose", action="store_true", help="report (re)connections on stderr")
+    tail.add_argument("--presence", action="store_true",
+                      help="take part in presence: show who is here, then joins and leaves")
     tail.set_defaults(run=cmd_tail)
+
+    who = command("who", help="list the members of a room across every replica")
+    who.add_argument("--room", type=_room, default="general")
+    who.add_argument("--json", action="store_true", help="the presence API's answer as one JSON object")
+    who.set_defaults(run=cmd_who)
 
     history = command("history", help="export a room's history, oldest first")
     history.add_argument("--room", type=_room, default="general")

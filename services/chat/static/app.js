@@ -12,6 +12,8 @@
   const MAX_TRIES = 6;
   const PAGE = 100;
   const CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+  const TYPING_EVERY_MS = 2000; // the server passes on one typing event per author every 2 s at most
+  const TYPING_VALID_MS = 5000; // a typing event is shown this long after the last one
 
   const $ = (id) => document.getElementById(id);
   const ui = {
@@ -20,6 +22,7 @@
     state: $("state"), stateText: $("state-text"), notice: $("notice"), log: $("log"), older: $("older"),
     empty: $("empty"), messages: $("messages"), pending: $("pending"), errors: $("errors"),
     composer: $("composer"), text: $("text"),
+    presence: $("presence"), members: $("members"), occupancy: $("occupancy"), typing: $("typing"),
   };
 
   const chat = {
@@ -35,6 +38,12 @@
     // After an incomplete `synced` the server still owes messages older than live ones shown since: reconnects
     // use the cursor of that connection until a sync completes, so live messages never move it past the gap.
     connectedWith: "", gapOpen: false, gapCursor: "",
+    // Presence (contract §10): the room's members from the `presence` snapshot, kept current by join and leave;
+    // who is typing, until their event is TYPING_VALID_MS old.
+    members: new Map(), // author -> {since, connections}
+    occupancy: 0,
+    typing: new Map(), // author -> time (ms) the line stops showing them
+    typingTimer: null, typedAt: 0,
   };
 
   // ---- helpers ----------------------------------------------------------------------------------------------
@@ -170,6 +179,7 @@
     ws.onclose = (event) => {
       if (conn !== chat.conn) return;
       clearTimeout(chat.syncTimer);
+      clearPresence(); // the next connection's snapshot says who is here then
       chat.ws = null;
       chat.synced = false;
       for (const p of chat.pending.values()) if (p.status === "sending") p.sentOn = 0;
@@ -220,6 +230,18 @@
         break;
       case "synced":
         onSynced(frame.complete !== false);
+        break;
+      case "presence":
+        onPresence(frame);
+        break;
+      case "join":
+        onJoin(frame.author);
+        break;
+      case "leave":
+        onLeave(frame.author);
+        break;
+      case "typing":
+        onTyping(frame.author);
         break;
       default:
         break; // unknown frame types are ignored (newer server)
@@ -283,6 +305,7 @@
     const p = message.client_id != null ? chat.pending.get(message.client_id) : undefined;
     if (p) dropPending(p);
     const mine = p !== undefined || (chat.name !== null && message.author === chat.name);
+    if (live && message.author != null && chat.typing.delete(message.author)) renderTyping(); // they sent it
     insert(message, mine);
   }
 
@@ -391,6 +414,83 @@
     } finally {
       ui.older.disabled = false;
     }
+  }
+
+  // ---- presence and typing ----------------------------------------------------------------------------------
+  function onPresence(frame) {
+    chat.members = new Map();
+    for (const m of frame.members || []) chat.members.set(m.author, { since: m.since, connections: m.connections });
+    chat.occupancy = frame.occupancy || 0;
+    renderMembers();
+  }
+
+  function onJoin(author) {
+    if (typeof author !== "string" || chat.members.has(author)) return;
+    chat.members.set(author, { since: Date.now(), connections: 1 });
+    chat.occupancy += 1;
+    renderMembers();
+  }
+
+  function onLeave(author) {
+    if (!chat.members.delete(author)) return;
+    chat.occupancy = Math.max(chat.members.size, chat.occupancy - 1);
+    if (chat.typing.delete(author)) renderTyping();
+    renderMembers();
+  }
+
+  function onTyping(author) {
+    if (typeof author !== "string") return;
+    chat.typing.set(author, Date.now() + TYPING_VALID_MS);
+    renderTyping();
+  }
+
+  function renderMembers() {
+    const sorted = Array.from(chat.members.entries()).sort((a, b) => a[1].since - b[1].since || (a[0] < b[0] ? -1 : 1));
+    ui.members.replaceChildren(...sorted.map(([author, m]) => {
+      const item = el("li", author === chat.name ? "member me" : "member", author);
+      item.dataset.author = author;
+      item.style.setProperty("--hue", String(hue(author)));
+      item.title = `here since ${timeText(m.since)}`;
+      if (m.connections > 1) item.append(el("span", "count", `×${m.connections}`));
+      return item;
+    }));
+    const occupancy = Math.max(chat.occupancy, chat.members.size);
+    ui.occupancy.textContent = `${occupancy} connected`;
+    ui.presence.hidden = false;
+  }
+
+  function renderTyping() {
+    clearTimeout(chat.typingTimer);
+    const now = Date.now();
+    for (const [author, until] of chat.typing) if (until <= now) chat.typing.delete(author);
+    const names = Array.from(chat.typing.keys());
+    let line = "";
+    if (names.length === 1) line = `${names[0]} is typing…`;
+    else if (names.length === 2) line = `${names[0]} and ${names[1]} are typing…`;
+    else if (names.length > 2) line = `${names[0]}, ${names[1]} and ${names.length - 2} more are typing…`;
+    ui.typing.textContent = line;
+    if (names.length) {
+      const next = Math.min(...chat.typing.values()) - now;
+      chat.typingTimer = setTimeout(renderTyping, Math.max(50, next));
+    }
+  }
+
+  function clearPresence() {
+    chat.members = new Map();
+    chat.occupancy = 0;
+    chat.typing.clear();
+    ui.members.replaceChildren();
+    ui.presence.hidden = true;
+    renderTyping();
+  }
+
+  // Tell the room this user is writing: on input, at most once per TYPING_EVERY_MS (the server's throttle).
+  function typed() {
+    if (!ui.text.value.trim() || !chat.ws || !chat.synced || chat.ws.readyState !== WebSocket.OPEN) return;
+    const now = Date.now();
+    if (now - chat.typedAt < TYPING_EVERY_MS) return;
+    chat.typedAt = now;
+    chat.ws.send('{"type":"typing"}');
   }
 
   // ---- sending ----------------------------------------------------------------------------------------------
@@ -524,6 +624,7 @@
     clearInterval(chat.tick);
     if (chat.ws) chat.ws.close(1000, "left");
     chat.ws = null;
+    clearPresence();
     setState("idle", "not connected");
     ui.chat.hidden = true;
     ui.where.hidden = true;
@@ -576,6 +677,7 @@
     ui.text.style.height = `${Math.min(ui.text.scrollHeight, 160)}px`;
   }
   ui.text.addEventListener("input", autosize);
+  ui.text.addEventListener("input", typed);
 
   window.addEventListener("online", () => {
     if (chat.wantOpen && !chat.ws) {
