@@ -56,7 +56,7 @@ def fresh_room() -> str:
 
 
 async def test_protocol_violations_get_their_close_codes(endpoints: Endpoints) -> None:
-    url = f"{endpoints.ws_urls[0]}?room={fresh_room()}"
+    url = f"{endpoints.ws_urls[0]}?room={fresh_room()}&presence=0"  # nothing after `synced` but the close
     async with websockets.connect(url, max_size=None) as ws:
         await ws.recv()  # synced
         await ws.send("x" * 70_000)  # above the 64 KiB hard frame limit
@@ -72,7 +72,7 @@ async def test_protocol_violations_get_their_close_codes(endpoints: Endpoints) -
 async def test_invalid_utf8_closes_1007(endpoints: Endpoints) -> None:
     from websockets.frames import Frame, Opcode
 
-    async with websockets.connect(f"{endpoints.ws_urls[1]}?room={fresh_room()}") as ws:
+    async with websockets.connect(f"{endpoints.ws_urls[1]}?room={fresh_room()}&presence=0") as ws:
         await ws.recv()
         ws.protocol.send_frame(Frame(Opcode.TEXT, b'{"text": "\xff\xfe"}'))
         ws.send_data()
@@ -150,7 +150,8 @@ async def test_with_a_secret_set_a_signed_token_is_required_and_names_the_author
     for bad in ["", "&token=garbage", f"&token={token('eve', ttl=-10)}", f"&token={token('eve', secret='x' * 40)}"]:
         frame, code = await first_frame_and_close(f"{endpoints.ws_urls[0]}?room=auth{bad}")
         assert (frame["code"], code) == ("unauthorized", 1008), bad
-    async with websockets.connect(f"{endpoints.ws_urls[0]}?room=auth&name=mallory&token={token('ann')}") as ws:
+    url = f"{endpoints.ws_urls[0]}?room=auth&name=mallory&presence=0&token={token('ann')}"
+    async with websockets.connect(url) as ws:
         assert orjson.loads(await ws.recv())["type"] == "synced"
         await ws.send(orjson.dumps({"text": "signed", "client_id": "a1"}).decode())
         frames = [orjson.loads(await ws.recv()) for _ in range(2)]
