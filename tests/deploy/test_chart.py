@@ -5,8 +5,10 @@ security contexts, toggles, and the values schema refusing bad input."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.deploy.conftest import (
     CHART,
@@ -160,7 +162,9 @@ def test_chat_drains_before_it_is_killed(render: Renderer, values_case: ValuesCa
 def test_history_is_a_statefulset_with_a_volume_per_replica(render: Renderer, values_case: ValuesCase) -> None:
     docs = render.docs(values_case[1])
     sts = find(docs, "StatefulSet", "-history")
-    assert sts["spec"]["replicas"] == 1, "one replica unless history.replicas says otherwise"
+    values = [yaml.safe_load(Path(path).read_text()) for path in values_case[1]]
+    wanted = next((v["history"]["replicas"] for v in values if "replicas" in v.get("history", {})), 1)
+    assert sts["spec"]["replicas"] == wanted, "one replica unless history.replicas says otherwise"
     headless = find(docs, "Service", "-history-headless")
     assert headless["spec"]["clusterIP"] == "None"
     assert sts["spec"]["serviceName"] == headless["metadata"]["name"]
