@@ -143,12 +143,30 @@ async def fanout(spec: Spec) -> dict[str, Any]:
     window = {"on": False, "count": 0}
     latencies: list[int] = []
 
+    # Closed loop (``window``: messages in flight per sender): a sender sends its next message when one of its
+    # own comes back, so the rate is whatever the system sustains. Open loop (``rate``): a fixed offered rate.
+    in_flight = spec.get("window", 0)
+    sender_index: dict[int, int] = {}
+    seq = 0
+
+    def send_next(sender: _Client) -> None:
+        nonlocal seq
+        assert sender.ws is not None
+        text = f"{sender_index[id(sender)]}:{seq}|{now_ns()}"
+        sender.ws.send_text(orjson.dumps({"type": "send", "text": text, "client_id": f"f{RUN}-{seq}"}))
+        seq += 1
+
     def on_line(client: _Client, line: bytes) -> None:
         if line.startswith(b'{"type":"message"'):
-            if window["on"]:
+            if window["on"] or in_flight:
                 frame = orjson.loads(line)
-                window["count"] += 1
-                latencies.append(now_ns() - int(frame["text"].split("|", 1)[1]))
+                text = frame["text"]
+                if window["on"]:
+                    window["count"] += 1
+                    latencies.append(now_ns() - int(text.split("|", 1)[1]))
+                mine = sender_index.get(id(client))
+                if in_flight and mine is not None and text.startswith(f"{mine}:"):
+                    send_next(client)
             elif not client.synced.done():
                 client.before_sync += 1
         else:
@@ -156,32 +174,35 @@ async def fanout(spec: Spec) -> dict[str, Any]:
 
     clients = await _connect_all(urls, n, query, on_line)
     senders = [clients[i] for i in range(min(spec["senders"], n))]
+    sender_index.update((id(sender), i) for i, sender in enumerate(senders))
+    for sender in senders if in_flight else []:
+        for _ in range(in_flight):
+            send_next(sender)
     groups = _cpu_groups(spec)
     warmup, duration = spec["warmup"], spec["duration"]
     t_start = time.monotonic()
     t_window, t_end = t_start + warmup, t_start + warmup + duration
-    seq, sent_in_window, cpu0, cpu1 = 0, 0, {}, {}
+    sent_in_window, cpu0, cpu1 = 0, {}, {}
+    seq_at_window = 0
     while True:
         now = time.monotonic()
         if not window["on"] and now >= t_window and not cpu0:
             cpu0 = {k: cpu_seconds(v) for k, v in groups.items()}
-            window["on"], t_window_real = True, now
+            window["on"], t_window_real, seq_at_window = True, now, seq
         if now >= t_end:
             window["on"] = False
             cpu1 = {k: cpu_seconds(v) for k, v in groups.items()}
             wall = now - t_window_real
+            if in_flight:
+                sent_in_window = seq - seq_at_window
             break
-        due = int((now - t_start) * rate)
+        due = 0 if in_flight else int((now - t_start) * rate)
         while seq < due:
-            sender = senders[seq % len(senders)]
-            assert sender.ws is not None
-            sender.ws.send_text(
-                orjson.dumps({"type": "send", "text": f"{seq}|{now_ns()}", "client_id": f"f{RUN}-{seq}"})
-            )
-            seq += 1
+            send_next(senders[seq % len(senders)])
             if window["on"]:
                 sent_in_window += 1
         await asyncio.sleep(0.002)
+    in_flight = 0  # stop the closed loop
     await asyncio.sleep(1.0)
     closed = sum(1 for c in clients if c.ws is not None and c.ws.closed.done())
     errors = sum(c.errors for c in clients)
@@ -192,8 +213,8 @@ async def fanout(spec: Spec) -> dict[str, Any]:
         "deliveries": deliveries,
         "wall_s": wall,
         "deliveries_per_s": deliveries / wall,
-        "offered_msgs_per_s": rate,
-        "offered_deliveries_per_s": rate * n,
+        "offered_msgs_per_s": rate if not spec.get("window") else sent_in_window / wall,
+        "offered_deliveries_per_s": (rate if not spec.get("window") else sent_in_window / wall) * n,
         "sent_in_window": sent_in_window,
         "delivered_fraction": deliveries / max(1, sent_in_window * n),
         "closed_clients": closed,
