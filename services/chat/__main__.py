@@ -6,6 +6,7 @@ from starlette.applications import Starlette
 
 from services.chat.app import create_app
 from services.chat.settings import load_config
+from services.chat.wire import FastSendProtocol
 from services.common.runner import serve
 from services.common.settings import LogSettings
 
@@ -18,7 +19,8 @@ def _build() -> tuple[Starlette, LogSettings, str, int, int, float]:
 
 
 def main() -> None:
-    serve("chat-service", _build)
+    # The fan-out writes pre-encoded frames straight to the transport of this protocol's connections.
+    serve("chat-service", _build, ws_protocol=FastSendProtocol)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from services.chat.presence import Ticket
 from services.chat.relay import PublishFailed
 from services.chat.service import CLOSE_SERVICE_RESTART, ChatService
 from services.chat.sync import Gap, error_frame
+from services.chat.wire import fast_send
 from services.common.auth import Unauthorized, bearer_token
 from services.common.http import error_response
 from services.common.schema import DEFAULT_ROOM, Cursor, FrameError, TypingRequest, parse_client_frame, valid_room
@@ -123,7 +124,8 @@ async def _serve(websocket: WebSocket, service: ChatService) -> None:
         return
     settings = service.settings
     subscriber = Subscriber(
-        session.room, _text_sender(websocket), websocket.close, settings.send_buffer_frames, session.coalesce
+        session.room, _text_sender(websocket), websocket.close, settings.send_buffer_frames, session.coalesce,
+        fast_send(websocket.scope),
     )
     service.hub.subscribe(subscriber)
     service.metrics.clients.inc()

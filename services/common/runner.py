@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import sys
 from collections.abc import Callable
@@ -20,8 +21,12 @@ log = structlog.get_logger(__name__)
 def serve(
     service: str,
     build: Callable[[], tuple[Starlette, LogSettings, str, int, int, float]],
+    ws_protocol: type[asyncio.Protocol] | str = "websockets-sansio",
 ) -> None:
-    """Build the app from validated settings, then serve it until SIGTERM/SIGINT."""
+    """Build the app from validated settings, then serve it until SIGTERM/SIGINT.
+
+    ``ws_protocol`` is uvicorn's WebSocket protocol: its websockets-sansio one, or a subclass of it.
+    """
     try:
         app, log_settings, host, port, metrics_port, grace_s = build()
     except ConfigError as exc:
@@ -37,7 +42,7 @@ def serve(
             host=host,
             port=port,
             loop="uvloop",  # explicit: the benchmarks assume it, and an extras change must not drop it silently
-            ws="websockets-sansio",
+            ws=ws_protocol,
             ws_max_size=65536,
             ws_per_message_deflate=False,
             lifespan="on",

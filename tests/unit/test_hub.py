@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from services.chat.hub import CLOSE_SLOW_CONSUMER, Hub, Subscriber
+from services.chat.wire import encode_text
 from services.common.schema import ChatMessage
 
 
@@ -147,3 +148,78 @@ async def test_broadcast_reaches_every_member_of_the_room_but_the_excluded_one()
     assert sockets[1].sent == [] and sockets[3].sent == []
     for sub in subs:
         await sub.aclose()
+
+
+class FakeTransport:
+    """What a direct subscriber writes to (services.chat.wire.FastSend): every write kept, nothing buffered."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.open = True
+        self.buffered = 0
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    async def room_to_write(self) -> None:
+        await asyncio.sleep(0)
+
+
+def direct_subscriber(transport: FakeTransport, hub: Hub) -> Subscriber:
+    sock = FakeSocket()
+    sub = Subscriber("r", sock.send, sock.close, 100, False, transport)  # type: ignore[arg-type]
+    hub.subscribe(sub)
+    return sub
+
+
+async def test_a_synced_direct_subscriber_gets_a_rooms_batch_in_one_write_encoded_once() -> None:
+    hub = Hub()
+    transports = [FakeTransport(), FakeTransport()]
+    subs = [direct_subscriber(t, hub) for t in transports]
+    for sub in subs:
+        sub.finish_sync()
+    assert hub.dispatch([msg(1), msg(2, room="x"), msg(3)]) == 4
+    expected = encode_text(msg(1)[1]) + encode_text(msg(3)[1])
+    assert transports[0].writes == transports[1].writes == [expected]
+    assert transports[0].writes[0] is transports[1].writes[0]  # the same bytes object for every member
+
+
+async def test_a_direct_subscriber_still_syncing_holds_the_batch_aside() -> None:
+    hub = Hub()
+    transport = FakeTransport()
+    sub = direct_subscriber(transport, hub)
+    hub.dispatch([msg(1), msg(2)])
+    assert transport.writes == []
+    assert [m.text for m, _ in sub.finish_sync()] == ["1", "2"]
+
+
+async def test_a_batch_repeating_an_id_the_backlog_sent_is_delivered_without_it() -> None:
+    hub = Hub()
+    transport = FakeTransport()
+    sub = direct_subscriber(transport, hub)
+    sub.finish_sync(already_sent={msg(2)[0].id}, window_s=60)
+    hub.dispatch([msg(1), msg(2), msg(3)])
+    assert b"".join(transport.writes) == encode_text(msg(1)[1]) + encode_text(msg(3)[1])
+    transport.writes.clear()
+    hub.dispatch([msg(4), msg(5)])  # nothing to drop: one write again
+    assert transport.writes == [encode_text(msg(4)[1]) + encode_text(msg(5)[1])]
+
+
+async def test_live_ids_of_a_batch_are_tracked_for_the_backfill() -> None:
+    hub = Hub()
+    sub = direct_subscriber(FakeTransport(), hub)
+    sub.finish_sync()
+    tracked: set[str] = set()
+    sub.track_live(tracked)
+    hub.dispatch([msg(1), msg(2)])
+    assert tracked == {msg(1)[0].id, msg(2)[0].id}
+
+
+async def test_a_direct_subscriber_whose_connection_closed_stops_writing() -> None:
+    hub = Hub()
+    transport = FakeTransport()
+    sub = direct_subscriber(transport, hub)
+    sub.finish_sync()
+    transport.open = False
+    hub.dispatch([msg(1)])
+    assert transport.writes == [] and sub.closed and sub.close_code is None
