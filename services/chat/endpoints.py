@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import secrets
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -29,10 +29,19 @@ from services.chat.sync import Gap, error_frame
 from services.chat.wire import fast_send
 from services.common.auth import Unauthorized, bearer_token
 from services.common.http import error_response
-from services.common.schema import DEFAULT_ROOM, Cursor, FrameError, TypingRequest, parse_client_frame, valid_room
+from services.common.schema import (
+    DEFAULT_ROOM,
+    Cursor,
+    FrameError,
+    SendRequest,
+    TypingRequest,
+    parse_client_frame,
+    valid_room,
+)
 
 log = structlog.get_logger(__name__)
 CLOSE_POLICY = 1008
+CLOSE_INTERNAL_ERROR = 1011
 
 
 def _service(connection: HTTPConnection) -> ChatService:
@@ -179,37 +188,116 @@ async def _receive_loop(websocket: WebSocket, service: ChatService, session: Ses
         _log_suppressed_refusals(session.room)
 
 
+# Sends of one connection published at once, their confirms awaited together (acks still go out in order).
+PIPELINED_SENDS = 16
+
+
+class _Replies:
+    """One connection's replies (acks, errors) in the order of its frames, while its publishes are confirmed
+    concurrently: a sender is not held to one message per broker round trip."""
+
+    __slots__ = ("_subscriber", "_queue", "in_flight")
+
+    def __init__(self, subscriber: Subscriber) -> None:
+        self._subscriber = subscriber
+        self._queue: deque[asyncio.Task[str] | str] | None = None  # made by the first send: idle ones need none
+        self.in_flight = 0
+
+    def reply(self, frame: str) -> None:
+        if self._queue:
+            self._queue.append(frame)
+        else:
+            self._subscriber.push(frame)
+
+    def publish(self, task: asyncio.Task[str]) -> None:
+        if self._queue is None:
+            self._queue = deque()
+        self._queue.append(task)
+        self.in_flight += 1
+        task.add_done_callback(self._flush)
+
+    async def wait_oldest(self) -> None:
+        await asyncio.wait(self._tasks()[:1])
+
+    async def settle(self) -> None:
+        """Wait for every publish still in flight (each ends within the publish timeout): none is cancelled
+        halfway, which would leave its client_id marked in flight."""
+        tasks = self._tasks()
+        if tasks:
+            await asyncio.wait(tasks)
+
+    def _tasks(self) -> list[asyncio.Task[str]]:
+        return [item for item in self._queue or () if isinstance(item, asyncio.Task)]
+
+    def _flush(self, _: asyncio.Task[str]) -> None:
+        queue = self._queue
+        while queue:
+            item = queue[0]
+            if isinstance(item, str):
+                queue.popleft()
+                self._subscriber.push(item)
+                continue
+            if not item.done():
+                return
+            queue.popleft()
+            self.in_flight -= 1
+            if item.cancelled():
+                continue
+            error = item.exception()
+            if error is not None:
+                log.error("send failed", room=self._subscriber.room, error=repr(error)[:200])
+                self._subscriber.close_soon(CLOSE_INTERNAL_ERROR, "internal error")
+                continue
+            self._subscriber.push(item.result())
+
+
 async def _receive_frames(websocket: WebSocket, service: ChatService, session: Session, subscriber: Subscriber) -> None:
     settings = service.settings
     bucket = TokenBucket(settings.rate_limit_per_s, settings.rate_limit_burst)
-    while not subscriber.closed:
-        event = await websocket.receive()
-        if event["type"] == "websocket.disconnect":
-            return
-        text = event.get("text")
-        if text is None:
-            _reply_error(service, subscriber, FrameError("binary_unsupported", "send JSON in text frames"))
-            continue
-        try:
-            frame = parse_client_frame(text, settings.max_message_bytes)
-            if isinstance(frame, TypingRequest):
-                if not bucket.take():  # typing costs a send's token: it cannot be used to flood the room
-                    raise FrameError("rate_limited", f"over {settings.rate_limit_per_s:g} frames/s")
-                if service.presence is not None:
-                    service.presence.typing(subscriber, session.author)
-                continue  # never stored, never acked
-            request = frame
-            if not bucket.take():
-                raise FrameError("rate_limited", f"over {settings.rate_limit_per_s:g} messages/s", request.client_id)
-            message_id = await service.accept(session.room, session.author, request)
-        except FrameError as exc:
-            _reply_error(service, subscriber, exc)
-            continue
-        except PublishFailed as exc:
-            detail = f"not confirmed by the broker ({exc.reason}); resend with the same client_id"
-            _reply_error(service, subscriber, FrameError("publish_failed", detail, request.client_id))
-            continue
-        subscriber.push(orjson.dumps({"type": "ack", "client_id": request.client_id, "id": message_id}).decode())
+    replies = _Replies(subscriber)
+    try:
+        while not subscriber.closed:
+            if replies.in_flight >= PIPELINED_SENDS:
+                await replies.wait_oldest()
+                continue
+            event = await websocket.receive()
+            if event["type"] == "websocket.disconnect":
+                return
+            text = event.get("text")
+            try:
+                if text is None:
+                    raise FrameError("binary_unsupported", "send JSON in text frames")
+                frame = parse_client_frame(text, settings.max_message_bytes)
+                if isinstance(frame, TypingRequest):
+                    if not bucket.take():  # typing costs a send's token: it cannot be used to flood the room
+                        raise FrameError("rate_limited", f"over {settings.rate_limit_per_s:g} frames/s")
+                    if service.presence is not None:
+                        service.presence.typing(subscriber, session.author)
+                    continue  # never stored, never acked
+                request = frame
+                if not bucket.take():
+                    raise FrameError(
+                        "rate_limited", f"over {settings.rate_limit_per_s:g} messages/s", request.client_id
+                    )
+            except FrameError as exc:
+                replies.reply(_error_reply(service, subscriber.room, exc))
+                continue
+            _refusals_of_this_connection()  # the publish task shares it (a task copies its context)
+            # The task's first step mints the id and enters basic_publish with no await in between, and tasks
+            # start in the order they were made: this connection's messages keep their order (relay.py).
+            replies.publish(asyncio.create_task(_publish(service, session, subscriber.room, request)))
+    finally:
+        await replies.settle()
+
+
+async def _publish(service: ChatService, session: Session, room: str, request: SendRequest) -> str:
+    """Publish one client message; return its reply frame (the ack, or the error)."""
+    try:
+        message_id = await service.accept(session.room, session.author, request)
+    except PublishFailed as exc:
+        detail = f"not confirmed by the broker ({exc.reason}); resend with the same client_id"
+        return _error_reply(service, room, FrameError("publish_failed", detail, request.client_id))
+    return orjson.dumps({"type": "ack", "client_id": request.client_id, "id": message_id}).decode()
 
 
 # Refusals logged per connection; past this a flood is only counted, then summed up in one line when it closes.
@@ -227,16 +315,26 @@ _refusals: ContextVar[_Refusals | None] = ContextVar("refusals", default=None)
 
 
 def _reply_error(service: ChatService, subscriber: Subscriber, error: FrameError) -> None:
+    subscriber.push(_error_reply(service, subscriber.room, error))
+
+
+def _error_reply(service: ChatService, room: str, error: FrameError) -> str:
+    """Count and log a refused frame; return the error frame that answers it."""
     service.metrics.errors.labels(code=error.code).inc()
-    _log_refusal(subscriber.room, error)
-    subscriber.push(error_frame(error.code, error.detail, error.client_id))
+    _log_refusal(room, error)
+    return error_frame(error.code, error.detail, error.client_id)
 
 
-def _log_refusal(room: str, error: FrameError) -> None:
+def _refusals_of_this_connection() -> _Refusals:
     refusals = _refusals.get()
     if refusals is None:
         refusals = _Refusals()
         _refusals.set(refusals)
+    return refusals
+
+
+def _log_refusal(room: str, error: FrameError) -> None:
+    refusals = _refusals_of_this_connection()
     if refusals.logged >= REFUSAL_LOG_CAP:
         refusals.suppressed[error.code] += 1
         return
