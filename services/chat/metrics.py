@@ -102,10 +102,13 @@ class ChatMetrics:
             ),
             history_queue_messages=Gauge(
                 "durable_chat_history_queue_messages",
-                "Ready messages in the history queue (passive declare, every few seconds).", registry=r,
+                "Ready messages in each history queue (passive declare, every second), by queue.",
+                ["queue"], registry=r,
             ),
             history_queue_consumers=Gauge(
-                "durable_chat_history_queue_consumers", "Consumers on the history queue.", registry=r
+                "durable_chat_history_queue_consumers",
+                "Consumers on each history queue, by queue (0 on a queue left by a scale-down).",
+                ["queue"], registry=r,
             ),
             broker_connected=Gauge(
                 "durable_chat_broker_connected", "1 while the AMQP connection, channel and consumer are up.",

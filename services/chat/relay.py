@@ -24,7 +24,7 @@ from aio_pika.abc import AbstractChannel, AbstractConnection
 from aiormq.abc import DeliveredMessage
 from pamqp import commands as spec
 
-from services.chat.catchup import HistoryCatchUp, HistoryProgress
+from services.chat.catchup import HistoryStanding, QueueStats
 from services.chat.hub import Entry, Hub
 from services.chat.metrics import ChatMetrics
 from services.chat.ring import RecentRing
@@ -32,11 +32,13 @@ from services.common.ids import UlidGenerator
 from services.common.lifecycle import Faults, cancel_and_wait, stop_within
 from services.common.schema import ChatMessage, InvalidMessage, message_frame_from_wire
 from services.common.settings import AmqpSettings
-from services.common.topology import declare_replica_queue, declare_topology
+from services.common.topology import declare_replica_queue, declare_topology, replica_queue, replica_queues
 
 log = structlog.get_logger(__name__)
 # Every second: a sync trusts that history has caught up only on a recent poll (services/chat/catchup.py).
 QUEUE_POLL_INTERVAL_S = 1.0
+# History queues beyond AMQP_HISTORY_REPLICAS are looked for up to this ordinal (the setting's own bound).
+MAX_HISTORY_ORDINAL = 64
 DRAIN_TIMEOUT_S = 5.0
 
 
@@ -57,7 +59,7 @@ class ChatRelay:
         ids: UlidGenerator | None = None,
         on_fanout: Callable[[int], None] | None = None,
         faults: Faults | None = None,
-        catch_up: HistoryCatchUp | None = None,
+        standing: HistoryStanding | None = None,
     ) -> None:
         self._amqp = amqp
         self._hub = hub
@@ -74,12 +76,8 @@ class ChatRelay:
         self._tasks: list[asyncio.Task[None]] = []
         self._on_fanout = on_fanout
         self._faults = faults or Faults()
-        self._catch_up = catch_up or HistoryCatchUp(_no_progress)
-
-    @property
-    def history_caught_up(self) -> bool:
-        """Whether history has stored what was published before this replica's queue was bound (see sync)."""
-        return self._catch_up.caught_up
+        self._standing = standing or HistoryStanding([])
+        self._exported_queues: set[str] = set()
 
     @property
     def ready(self) -> bool:
@@ -98,12 +96,13 @@ class ChatRelay:
     async def setup(self, connection: AbstractConnection, tasks: asyncio.TaskGroup) -> list[AbstractChannel]:
         """Run by the broker link at every (re)connect: topology, own queue, consumer, pollers."""
         publish_channel = await connection.channel(publisher_confirms=True)
-        topology = await declare_topology(publish_channel, self._amqp.exchange, self._amqp.history_queue)
+        # Every history replica's queue, so a message published before a replica ever ran waits for it.
+        topology = await declare_topology(publish_channel, self._amqp.exchange, replica_queues(self._amqp))
         consume_channel = await connection.channel(publisher_confirms=False)
         await consume_channel.set_qos(prefetch_count=self._amqp.prefetch)
         queue = await declare_replica_queue(consume_channel, topology.exchange)
         self._inbox = []
-        self._catch_up.reset()  # a new queue: what was routed to the old one is history's alone to hold
+        self._standing.reset()  # a new queue: what was routed to the old one is history's alone to hold
         self._fanout = tasks.create_task(self._fanout_loop(), name="relay-fanout")
         self._tasks = [self._fanout, tasks.create_task(self._poll_history_queue(connection), name="relay-queue-poll")]
         # Consume on aiormq's channel: aio-pika would wrap every delivery in an IncomingMessage and a second
@@ -120,7 +119,7 @@ class ChatRelay:
     async def on_lost(self) -> None:
         self._publish_channel = None
         self._consumer = None
-        self._catch_up.reset()
+        self._standing.reset()
         self._metrics.broker_connected.set(0)
         tasks, self._tasks, self._fanout = self._tasks, [], None
         await cancel_and_wait(tasks)
@@ -230,26 +229,58 @@ class ChatRelay:
         return items
 
     async def _poll_history_queue(self, connection: AbstractConnection) -> None:
-        """Export the history backlog from here too, so its alert fires while the history service is down; note
-        whether history has caught up with its queue."""
-        channel: AbstractChannel | None = None
+        """Export every history queue's backlog and consumers from here too, so their alerts fire while a history
+        replica is down or gone (scaled down: its queue then only fills); note which replicas caught up."""
+        poller = _QueuePoller(connection)
         while True:
             try:
-                if channel is None or channel.is_closed:
-                    channel = await connection.channel(publisher_confirms=False)
-                queue = await channel.declare_queue(self._amqp.history_queue, passive=True)
-                result = queue.declaration_result
-                self._metrics.history_queue_messages.set(result.message_count or 0)
-                self._metrics.history_queue_consumers.set(result.consumer_count or 0)
-                await self._catch_up.observe(result.message_count or 0, result.consumer_count or 0)
+                stats = await self._history_queue_stats(poller)
+                self._export(stats)
+                await self._standing.observe(stats)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("history queue poll failed", error=repr(exc)[:200])
-                channel = None
-                self._catch_up.reset()
+                poller.channel = None
+                self._standing.reset()
             await asyncio.sleep(QUEUE_POLL_INTERVAL_S)
 
+    async def _history_queue_stats(self, poller: _QueuePoller) -> dict[str, QueueStats]:
+        """Every history queue of an ordinal below AMQP_HISTORY_REPLICAS that exists (one can expire), then those
+        above it up to the first that does not exist (left by a scale-down)."""
+        stats: dict[str, QueueStats] = {}
+        for ordinal in range(MAX_HISTORY_ORDINAL):
+            name = replica_queue(self._amqp, ordinal).name
+            found = await poller.stats(name)
+            if found is not None:
+                stats[name] = found
+            elif ordinal >= self._amqp.history_replicas:
+                break
+        return stats
 
-async def _no_progress() -> HistoryProgress | None:
-    return None
+    def _export(self, stats: dict[str, QueueStats]) -> None:
+        for gone in self._exported_queues - stats.keys():  # deleted (expired): no stale series left behind
+            self._metrics.history_queue_messages.remove(gone)
+            self._metrics.history_queue_consumers.remove(gone)
+        for name, queue in stats.items():
+            self._metrics.history_queue_messages.labels(queue=name).set(queue.ready)
+            self._metrics.history_queue_consumers.labels(queue=name).set(queue.consumers)
+        self._exported_queues = set(stats)
+
+
+class _QueuePoller:
+    """Passive declares on a channel of its own; a queue that does not exist closes it, so it is opened again."""
+
+    def __init__(self, connection: AbstractConnection) -> None:
+        self._connection = connection
+        self.channel: AbstractChannel | None = None
+
+    async def stats(self, name: str) -> QueueStats | None:
+        if self.channel is None or self.channel.is_closed:
+            self.channel = await self._connection.channel(publisher_confirms=False)
+        try:
+            result = (await self.channel.declare_queue(name, passive=True)).declaration_result
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            self.channel = None
+            return None
+        return QueueStats(result.message_count or 0, result.consumer_count or 0)

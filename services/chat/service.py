@@ -13,7 +13,6 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 import structlog
 
-from services.chat.catchup import HistoryCatchUp
 from services.chat.history_client import HistoryClient
 from services.chat.hub import Hub, SendBounds
 from services.chat.idempotency import IdempotencyCache
@@ -29,6 +28,7 @@ from services.common.auth import TokenVerifier
 from services.common.ids import new_origin
 from services.common.lifecycle import Faults, OnFatal, StackOwner, Supervisor
 from services.common.schema import SendRequest
+from services.common.topology import replica_queues
 
 log = structlog.get_logger(__name__)
 CLOSE_SERVICE_RESTART = 1012
@@ -56,10 +56,12 @@ class ChatService(StackOwner):
         )
         self.connections = ConnectionCounter(config.chat.max_connections_per_client)
         self.client_address = ClientAddress(config.chat.trusted_proxies)
-        self.history = HistoryClient(config.chat.history_url, config.chat.history_timeout_s)
+        self.history = HistoryClient(
+            config.chat.history_urls, config.chat.history_timeout_s,
+            [queue.name for queue in replica_queues(config.amqp)],
+        )
         self.sync = BacklogSync(
-            self.history, self.ring, config.chat.recovery_window_ms, config.chat.history_on_connect,
-            history_caught_up=lambda: self.relay is not None and self.relay.history_caught_up,
+            self.history, self.ring, config.chat.recovery_window_ms, config.chat.history_on_connect
         )
         # Presence has a broker connection of its own, never part of readiness: it is best effort.
         self.presence = PresenceRelay(chat, config.amqp, self.metrics) if chat.presence_enabled else None
@@ -82,7 +84,7 @@ class ChatService(StackOwner):
         self.supervisor = await stack.enter_async_context(Supervisor("chat", on_fatal))
         relay = ChatRelay(
             self.config.amqp, self.hub, self.ring, self.metrics, self.origin, faults=Faults.from_env(),
-            catch_up=HistoryCatchUp(self.history.progress),
+            standing=self.history.standing,
         )
         self.relay = relay
         link = BrokerLink(self.config.amqp, f"durable-chat-{self.origin}", relay.setup, self.supervisor, self._on_lost)

@@ -12,10 +12,12 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from services.common.settings import AmqpSettings, ConfigError, LogSettings, load
 
 
+def _csv_items(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
 def _split_csv(value: object) -> object:
-    if isinstance(value, str):
-        return [item.strip() for item in value.split(",") if item.strip()]
-    return value
+    return _csv_items(value) if isinstance(value, str) else value
 
 
 class ChatSettings(BaseSettings):
@@ -26,7 +28,13 @@ class ChatSettings(BaseSettings):
     metrics_port: int = Field(
         default=0, ge=0, le=65535, description="Separate /metrics port; 0 serves it on the main port."
     )
-    history_url: str = Field(default="http://127.0.0.1:8001", description="Base URL of the history service.")
+    history_url: str = Field(
+        default="http://127.0.0.1:8001",
+        description=(
+            "Base URL of the history service, or a comma-separated list of its replicas' base URLs in ordinal "
+            "order: reads fail over between them."
+        ),
+    )
     history_timeout_s: float = Field(
         default=5.0, gt=0, le=120, description="Connect/read timeout towards the history service."
     )
@@ -120,6 +128,17 @@ class ChatSettings(BaseSettings):
         for cidr in value:
             ipaddress.ip_network(cidr, strict=False)
         return value
+
+    @field_validator("history_url")
+    @classmethod
+    def _history_urls(cls, value: str) -> str:
+        if not _csv_items(value):
+            raise ValueError("at least one history URL")
+        return value
+
+    @property
+    def history_urls(self) -> list[str]:
+        return _csv_items(self.history_url)
 
     @property
     def auth_enabled(self) -> bool:

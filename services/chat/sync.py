@@ -12,8 +12,11 @@ what the client still lacks for the cursor it connected with (each id at most on
 
 History answering is not enough when it is behind its queue (just restarted, or after a broker restart that took
 this replica's queue and what was routed to it): a message it has not stored yet and that this replica's ring
-does not hold would be missed for good. So a sync that starts while history is not caught up is incomplete too;
-its gap holds every id sent, and the backfill waits until history has caught up, then reads the backlog again.
+does not hold would be missed for good. So a sync answered by a history replica that had not caught up with its
+own queue when the read began is incomplete too (services/chat/history_client.py: caught-up replicas are asked
+first); its gap holds every id sent, and the backfill waits until a replica has caught up, then reads the backlog
+again. Every id sent is tracked from the start whenever some replica is behind, since which one answers is only
+known once it has.
 """
 
 from __future__ import annotations
@@ -21,13 +24,13 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import orjson
 import structlog
 
-from services.chat.history_client import HistoryClient, HistoryUnavailable
+from services.chat.history_client import HistoryClient, HistoryRead, HistoryUnavailable
 from services.chat.hub import Entry, Subscriber
 from services.chat.ring import RecentRing
 from services.common.ids import ulid_floor
@@ -99,13 +102,11 @@ class BacklogSync:
         ring: RecentRing,
         window_ms: int,
         on_connect_limit: int,
-        history_caught_up: Callable[[], bool] = lambda: True,
     ) -> None:
         self._history = history
         self._ring = ring
         self._window_ms = window_ms
         self._on_connect_limit = on_connect_limit
-        self._caught_up = history_caught_up
 
     async def deliver_backlog(
         self, subscriber: Subscriber, cursor: Cursor | None, token: str | None
@@ -114,25 +115,28 @@ class BacklogSync:
         room = subscriber.room
         now_ms = int(time.time() * 1000)
         connected_before = ulid_floor(now_ms)
-        lagging = not self._caught_up()
-        # Live messages that repeat backlog ones are recent: only those ids need remembering.
-        progress = _Progress(recent_floor_ms=now_ms - 2 * self._window_ms, every_id=set() if lagging else None)
+        read = self._history.read()
+        # Live messages that repeat backlog ones are recent: only those ids need remembering, unless a replica
+        # behind its queue may answer (then the sync may be incomplete, and the backfill must skip every id sent).
+        progress = _Progress(
+            recent_floor_ms=now_ms - 2 * self._window_ms, every_id=None if read.all_caught_up else set()
+        )
         ring = self._ring.snapshot(room)
         unsent_ring: list[Entry] = []
         gap: Gap | None = None
         try:
             if cursor is None:
                 unsent_ring = ring[-self._on_connect_limit :] if self._on_connect_limit else []
-                entries = self._newest(await self._history.latest(room, self._on_connect_limit, token), ring)
+                entries = self._newest(await read.latest(room, self._on_connect_limit, token), ring)
                 unsent_ring = []
                 for message, frame in entries:
                     await self._send(subscriber, progress, message, frame)
             else:
                 # Should history fail, the ring alone decides; origins it does not know fall back to time.
                 unsent_ring = self._wanted_from_ring(ring, self._filter(cursor, ring, []))
-                wanted = self._filter(cursor, ring, await self._lookup(room, cursor, ring, token))
+                wanted = self._filter(cursor, ring, await self._lookup(read, room, cursor, ring, token))
                 unsent_ring = self._wanted_from_ring(ring, wanted)
-                history = _recording(self._history.stream_after(room, wanted.lower_bound, token), progress)
+                history = _recording(read.stream_after(room, wanted.lower_bound, token), progress)
                 async for message, frame in _merge(_selected(history, wanted), unsent_ring):
                     await self._send(subscriber, progress, message, frame)
         except HistoryUnavailable as exc:
@@ -141,7 +145,7 @@ class BacklogSync:
                 progress.every_id = set()  # from here on every id sent is one the backfill must skip
             # Behind its queue, history may still store ids below the point it was read to: read it all again.
             gap = Gap(
-                cursor, None if lagging else progress.history_through, progress.every_id, None,
+                cursor, None if read.lagging else progress.history_through, progress.every_id, None,
                 "unavailable", connected_before,
             )
             subscriber.push(error_frame("history_unavailable", "history is unavailable; showing recent messages"))
@@ -149,8 +153,9 @@ class BacklogSync:
                 if progress.last is None or message.id > progress.last:
                     await self._send(subscriber, progress, message, frame)
         else:
-            if progress.every_id is not None:
-                log.info("history is behind its queue: sync incomplete until it catches up", room=room)
+            if read.lagging and progress.every_id is not None:
+                log.info("history is behind its queue: sync incomplete until it catches up", room=room,
+                         replicas=sorted(read.answered))
                 gap = Gap(cursor, None, progress.every_id, None, "lagging", connected_before)
         if gap is not None:
             # From here on every live id this connection gets is remembered, so the backfill never repeats one.
@@ -178,14 +183,22 @@ class BacklogSync:
                 log.warning("history gap open too long; client sent to reconnect", room=subscriber.room)
                 subscriber.close_soon(CLOSE_SERVICE_RESTART, "history unavailable; reconnect with your cursor")
                 return False
-            if not self._caught_up():  # what it would read now may still grow below where it reads from
+            read = self._history.read()
+            if not read.any_caught_up:  # what it would read now may still grow below where it reads from
                 continue
             try:
-                sent = await self._send_gap(subscriber, gap, token)
+                sent = await self._send_gap(read, subscriber, gap, token)
             except HistoryUnavailable as exc:
                 attempt += 1
+                if read.lagging:
+                    gap.history_through = None  # read from a replica behind its queue: read it all again
                 log.info("history still unavailable for backfill", room=subscriber.room, attempt=attempt,
                          error=str(exc))
+                continue
+            if read.lagging:  # every caught-up replica failed and one behind its queue answered: not the end
+                gap.history_through = None
+                log.info("backfill answered by a history replica behind its queue; reading again",
+                         room=subscriber.room, messages=sent)
                 continue
             subscriber.track_live(None)
             last = max((i for i in (gap.last, max(gap.sent, default=None)) if i is not None), default=None)
@@ -194,17 +207,17 @@ class BacklogSync:
             return True
         return False
 
-    async def _send_gap(self, subscriber: Subscriber, gap: Gap, token: str | None) -> int:
+    async def _send_gap(self, read: HistoryRead, subscriber: Subscriber, gap: Gap, token: str | None) -> int:
         """Send the stored messages the gap owes that this connection has not had; resumable on failure."""
         room = subscriber.room
         if gap.cursor is None:
             # The client wanted the room's newest messages as of its connect: it gets those it does not have.
-            entries = await self._history.latest(room, self._on_connect_limit, token, before=gap.connected_before)
+            entries = await read.latest(room, self._on_connect_limit, token, before=gap.connected_before)
             return await self._send_owed(subscriber, gap, _listed(entries))
         ring = self._ring.snapshot(room)
-        wanted = self._filter(gap.cursor, ring, await self._lookup(room, gap.cursor, ring, token))
+        wanted = self._filter(gap.cursor, ring, await self._lookup(read, room, gap.cursor, ring, token))
         start = max(wanted.lower_bound, gap.history_through or "")
-        history = _recording(self._history.stream_after(room, start, token), gap)
+        history = _recording(read.stream_after(room, start, token), gap)
         return await self._send_owed(subscriber, gap, _selected(history, wanted))
 
     @staticmethod
@@ -214,6 +227,7 @@ class BacklogSync:
             if message.id in gap.sent:
                 continue
             await subscriber.push_paced(frame)
+            gap.sent.add(message.id)  # a later pass (after a failure, or a lagging answer) must not repeat it
             if gap.last is None or message.id > gap.last:
                 gap.last = message.id
             count += 1
@@ -233,11 +247,14 @@ class BacklogSync:
     def _wanted_from_ring(ring: list[Entry], wanted: CursorFilter) -> list[Entry]:
         return [entry for entry in ring if wanted.wants(entry[0])]
 
-    async def _lookup(self, room: str, cursor: Cursor, ring: list[Entry], token: str | None) -> list[ChatMessage]:
+    @staticmethod
+    async def _lookup(
+        read: HistoryRead, room: str, cursor: Cursor, ring: list[Entry], token: str | None
+    ) -> list[ChatMessage]:
         """The cursor's messages that the ring does not hold, read from history."""
         in_ring = {entry[0].id for entry in ring}
         missing = [i for i in cursor.ids if i not in in_ring]
-        return await self._history.lookup(room, missing, token) if missing else []
+        return await read.lookup(room, missing, token) if missing else []
 
     def _filter(self, cursor: Cursor, ring: list[Entry], looked_up: list[ChatMessage]) -> CursorFilter:
         """Map each cursor id to its origin (from the ring, then from history) and build the selection."""

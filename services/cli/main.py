@@ -1,4 +1,5 @@
-"""`durable-chat`: send to a room, follow it live, export its history, or list who is in it (protocol).
+"""`durable-chat`: send to a room, follow it live, export its history, or list who is in it (protocol); compare and
+repair the history replicas (services/cli/replicas.py, its own exit codes).
 
 Exit codes: 0 done; 1 refused by the server (an `error` frame, a 4xx, a policy close); 2 bad usage;
 3 the service could not be reached or did not answer in time; 130 interrupted.
@@ -29,6 +30,7 @@ import orjson
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
+from services.cli import replicas
 from services.common.schema import MAX_CURSOR_IDS, ROOM_RE
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -693,7 +695,15 @@ def build_parser() -> argparse.ArgumentParser:
                          help="progress on stderr (auto: when stderr is a terminal)")
     history.add_argument("--retries", type=int, default=5, help="retries of a failed page (%(default)s)")
     history.set_defaults(run=cmd_history)
+
+    replicas.add_commands(command)  # verify, repair: they talk to the history replicas themselves
+    for name in ("verify", "repair"):
+        commands.choices[name].set_defaults(run=cmd_replicas)
     return parser
+
+
+async def cmd_replicas(service: Service, args: argparse.Namespace) -> int:
+    return await replicas.run(args, service.token)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -134,44 +134,105 @@ def history_replicas(
 
 @dataclass
 class LocalTopology:
-    """A history service and two chat replicas on one broker URL, each on a free port."""
+    """History replicas and two chat replicas on one broker URL, each on a free port.
+
+    One history replica (the default) is started as v1 ran it: without any of the replica settings. With
+    ``history_replicas`` > 1 every replica gets its ordinal, the peer list and the count, and every chat replica
+    the list of history URLs (issue 13).
+    """
 
     amqp_url: str
     workdir: Path
     extra_env: dict[str, str] = field(default_factory=dict)
     replicas: int = 2
-    history: ServiceProcess = field(init=False)
+    history_replicas: int = 1
+    histories: list[ServiceProcess] = field(init=False)
     chats: list[ServiceProcess] = field(init=False)
+    common: dict[str, str] = field(init=False, default_factory=dict)
+    removed: list[ServiceProcess] = field(init=False, default_factory=list)  # scaled down, killed at stop()
 
     def __post_init__(self) -> None:
-        common = common_env(self.amqp_url)
-        history_port = free_port()
-        self.history = ServiceProcess(
-            "history",
-            {**common, "HISTORY_HOST": "127.0.0.1", "HISTORY_PORT": str(history_port),
-             "HISTORY_DATA_DIR": str(self.workdir / "history-db"), "HISTORY_RETRY_INTERVAL_S": "0.5",
-             **{k: v for k, v in self.extra_env.items() if not k.startswith("CHAT_")}},
-            history_port, self.workdir / "history.log",
-        )
+        self.common = common_env(self.amqp_url)
+        self.histories = []
+        for _ in range(self.history_replicas):
+            self._new_history()
         self.chats = []
         for index in range(self.replicas):
             port = free_port()
             env = {
-                **common, "CHAT_HOST": "127.0.0.1", "CHAT_PORT": str(port),
-                "CHAT_HISTORY_URL": self.history.url, "CHAT_HISTORY_TIMEOUT_S": "2",
+                **self.common, "CHAT_HOST": "127.0.0.1", "CHAT_PORT": str(port),
+                "CHAT_HISTORY_TIMEOUT_S": "2",
                 "CHAT_RATE_LIMIT_PER_S": "0", "CHAT_RATE_LIMIT_BURST": "0", "CHAT_MAX_CONNECTIONS_PER_CLIENT": "0",
                 **{k: v for k, v in self.extra_env.items() if not k.startswith("HISTORY_")},
             }
             self.chats.append(ServiceProcess("chat", env, port, self.workdir / f"chat{index}.log"))
+        self._configure_replicas(replica_settings=self.history_replicas > 1)
+
+    @property
+    def history(self) -> ServiceProcess:
+        """History replica 0 (the only one, unless the test asked for more)."""
+        return self.histories[0]
+
+    @property
+    def history_urls(self) -> list[str]:
+        return [history.url for history in self.histories]
+
+    def _new_history(self) -> ServiceProcess:
+        ordinal = len(self.histories)
+        port = free_port()
+        data = "history-db" if ordinal == 0 else f"history-db-{ordinal}"
+        log = "history.log" if ordinal == 0 else f"history{ordinal}.log"
+        history = ServiceProcess(
+            "history",
+            {**self.common, "HISTORY_HOST": "127.0.0.1", "HISTORY_PORT": str(port),
+             "HISTORY_DATA_DIR": str(self.workdir / data), "HISTORY_RETRY_INTERVAL_S": "0.5",
+             **{k: v for k, v in self.extra_env.items() if not k.startswith("CHAT_")}},
+            port, self.workdir / log,
+        )
+        self.histories.append(history)
+        return history
+
+    def data_dir(self, ordinal: int) -> Path:
+        return Path(self.histories[ordinal].env["HISTORY_DATA_DIR"])
+
+    def _configure_replicas(self, replica_settings: bool) -> None:
+        """Point every process at the current set of history replicas (restart them to apply)."""
+        count = str(len(self.histories))
+        for ordinal, history in enumerate(self.histories):
+            if replica_settings:
+                history.env.update(HISTORY_REPLICA=str(ordinal), HISTORY_PEERS=",".join(self.history_urls),
+                                   AMQP_HISTORY_REPLICAS=count)
+        for chat in self.chats:
+            chat.env["CHAT_HISTORY_URL"] = ",".join(self.history_urls)
+            if replica_settings:
+                chat.env["AMQP_HISTORY_REPLICAS"] = count
+
+    def add_history(self) -> ServiceProcess:
+        """Scale up by one: the new replica (not started) and every process's settings updated for the new count;
+        running processes keep their old settings until restarted, as pods do until rolled."""
+        history = self._new_history()
+        self._configure_replicas(replica_settings=True)
+        return history
+
+    def remove_history(self) -> None:
+        """Scale down by one: the last replica is stopped (SIGTERM) and forgotten; the others' settings updated."""
+        history = self.histories.pop()
+        self.removed.append(history)
+        if history.running():
+            history.terminate()
+        self._configure_replicas(replica_settings=True)
 
     def start(self) -> None:
-        self.history.start()
+        for history in self.histories:
+            history.start(wait_ready=False)
+        for history in self.histories:
+            history.wait_ready()
         for chat in self.chats:
             chat.start(wait_ready=False)
         for chat in self.chats:
             chat.wait_ready()
 
     def stop(self) -> None:
-        for process in [*self.chats, self.history]:
+        for process in [*self.chats, *self.histories, *self.removed]:
             if process.running():
                 process.kill()

@@ -31,6 +31,24 @@ class FakeHistory:
         self.fail = fail
         self.fail_after: int | None = None  # a stream that breaks after this many entries
         self.reads: list[str] = []
+        self.caught_up = True  # the one replica has caught up with its queue
+        self.answered = {0}
+
+    def read(self) -> FakeHistory:
+        """One replica: a read is answered by it, judged on whether it had caught up."""
+        return self
+
+    @property
+    def all_caught_up(self) -> bool:
+        return self.caught_up
+
+    @property
+    def any_caught_up(self) -> bool:
+        return self.caught_up
+
+    @property
+    def lagging(self) -> bool:
+        return not self.caught_up
 
     def store(self, *entries: Entry) -> None:
         self.stored = sorted(self.stored + list(entries), key=lambda e: e[0].id)
@@ -250,17 +268,17 @@ async def test_a_sync_while_history_is_behind_its_queue_is_incomplete_and_backfi
     late = [make("B") for _ in range(5)]  # ids below the last stored one, stored only after the sync read
     stored = [make("A") for _ in range(10)]
     history = FakeHistory([seen, *stored])
-    caught_up = False
+    history.caught_up = False
     recorder = Recorder()
     subscriber = Subscriber("r", recorder.send, recorder.close, 10_000, False)
-    sync = BacklogSync(history, RecentRing(10_000), 10_000, 100, history_caught_up=lambda: caught_up)  # type: ignore[arg-type]
+    sync = BacklogSync(history, RecentRing(10_000), 10_000, 100)  # type: ignore[arg-type]
     gap = await sync.deliver_backlog(subscriber, Cursor((seen[0].id,)), None)
     assert gap is not None and gap.reason == "lagging"
     backfill = asyncio.create_task(sync.backfill(subscriber, gap, None))
     await asyncio.sleep(0.05)
     assert not backfill.done()  # it waits for history to catch up
     history.store(*late)
-    caught_up = True
+    history.caught_up = True
     assert await asyncio.wait_for(backfill, 5)
     await asyncio.sleep(0.01)
     await subscriber.aclose()

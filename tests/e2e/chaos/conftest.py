@@ -34,9 +34,11 @@ def make_topology(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ma
         pytest.skip("kills and configures local processes (running against remote endpoints)")
     built: list[LocalTopology] = []
 
-    def make(env: dict[str, str] | None = None, amqp_url: str | None = None) -> LocalTopology:
+    def make(
+        env: dict[str, str] | None = None, amqp_url: str | None = None, history_replicas: int = 1
+    ) -> LocalTopology:
         url = amqp_url or request.getfixturevalue("vhost_url")
-        topology = LocalTopology(url, tmp_path, extra_env=env or {})
+        topology = LocalTopology(url, tmp_path, extra_env=env or {}, history_replicas=history_replicas)
         built.append(topology)
         return topology
 

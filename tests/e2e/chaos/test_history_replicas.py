@@ -1,0 +1,279 @@
+"""Replicated history (issue 13), whole system: history replicas killed, wiped, added, removed and upgraded from v1
+under a steady load through two chat replicas, whose readers keep reconnecting with their cursors (a history read
+each time). Every scenario ends with the chaos invariant (0 lost, 0 duplicated, every client exact) on every
+replica's content, and equal digests on every replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+
+import pytest
+
+from tests.e2e.chaos.conftest import MakeTopology, metric, vhost_of
+from tests.e2e.chaos.invariant import REPORT, check, settle
+from tests.e2e.chaos.load import ChaosLoad
+from tests.e2e.chaos.replicas import (
+    ReadOutcomes,
+    Reconnects,
+    equal_digests,
+    room_count,
+    wait_ready_after_copy,
+)
+from tests.support.procs import LocalTopology
+from tests.support.rabbit import PrivateRabbit
+
+
+def _report(scenario: str, started: float, outcomes: ReadOutcomes, extra: str = "") -> None:
+    line = f"{scenario}: {outcomes.line()} {extra} wall={time.monotonic() - started:.1f}s"
+    REPORT.append(line)
+    print(f"\n[replicas] {line}")
+
+
+async def _finish(fault: str, load: ChaosLoad, topology: LocalTopology) -> None:
+    """Stop sending, check the invariant against every replica's content, and the digests."""
+    await load.stop_sending()
+    for url in topology.history_urls:
+        stored = await settle(load, url)
+        check(f"{fault} [{url.rsplit(':', 1)[1]}]", load, stored)
+    await equal_digests(topology)
+
+
+def _no_failed_reads(outcomes: ReadOutcomes) -> None:
+    assert outcomes.unavailable_errors == 0, outcomes.line()
+    assert outcomes.chat_unavailable == 0, outcomes.line()
+
+
+# ---- replica 0 SIGKILLed, its data deleted: it copies everything back from replica 1 ---------------------------
+
+
+async def replica_wiped(make_topology: MakeTopology, before: int, fault: str) -> None:
+    started = time.monotonic()
+    topology = make_topology(history_replicas=2)
+    await asyncio.to_thread(topology.start)
+    load = ChaosLoad([c.ws_url for c in topology.chats], f"wipe{before}", senders=4, readers=3)
+    try:
+        await load.start()
+        await load.wait_acked(before, timeout=300)
+        async with Reconnects(load) as reconnects:
+            wiped = topology.histories[0]
+            wiped.kill()
+            shutil.rmtree(topology.data_dir(0))
+            held = await room_count(topology.histories[1].url, load.room)
+            await asyncio.to_thread(wiped.start, False)
+            ready = await wait_ready_after_copy(wiped, load.room)
+            await asyncio.sleep(1)
+        assert ready.count_at_ready >= held, "ready before it held what its peer held when it came back"
+        outcomes = await asyncio.to_thread(ReadOutcomes.of, load, topology)
+        await _finish(fault, load, topology)
+        _no_failed_reads(outcomes)
+        _report(fault, started, outcomes,
+                f"reconnects={reconnects.count} held_by_peer={held} ready_in={ready.seconds:.1f}s "
+                f"copying_seen={ready.copying_seen} count_at_ready={ready.count_at_ready}")
+    finally:
+        await load.shutdown()
+
+
+async def test_a_wiped_replica_copies_from_its_peer_and_reads_never_fail(make_topology: MakeTopology) -> None:
+    await replica_wiped(make_topology, 300, "history replica 0 wiped")
+
+
+@pytest.mark.slow
+async def test_a_wiped_replica_with_a_large_store_copies_from_its_peer(make_topology: MakeTopology) -> None:
+    await replica_wiped(make_topology, 5000, "history replica 0 wiped (5000 stored)")
+
+
+# ---- both replicas SIGKILLed in turn, never both down -------------------------------------------------------------
+
+
+async def replicas_killed_in_turn(make_topology: MakeTopology, cycles: int, fault: str) -> None:
+    started = time.monotonic()
+    topology = make_topology(history_replicas=2)
+    await asyncio.to_thread(topology.start)
+    load = ChaosLoad([c.ws_url for c in topology.chats], f"turns{cycles}", senders=4, readers=3)
+    try:
+        await load.start()
+        await load.wait_acked(100)
+        async with Reconnects(load) as reconnects:
+            for cycle in range(cycles):
+                victim = topology.histories[cycle % 2]
+                await asyncio.sleep(0.5 + 0.3 * (cycle % 3))
+                victim.kill()
+                await asyncio.sleep(0.5 + 0.5 * (cycle % 2))
+                await asyncio.to_thread(victim.start)  # ready again before the other one goes
+            await asyncio.sleep(1)
+        outcomes = await asyncio.to_thread(ReadOutcomes.of, load, topology)
+        await _finish(fault, load, topology)
+        _no_failed_reads(outcomes)
+        _report(fault, started, outcomes, f"reconnects={reconnects.count}")
+    finally:
+        await load.shutdown()
+
+
+async def test_replicas_killed_in_turn_no_client_sees_history_unavailable(make_topology: MakeTopology) -> None:
+    await replicas_killed_in_turn(make_topology, 4, "history replicas SIGKILLed in turn x4")
+
+
+@pytest.mark.slow
+async def test_replicas_killed_in_turn_many_times(make_topology: MakeTopology) -> None:
+    await replicas_killed_in_turn(make_topology, 16, "history replicas SIGKILLed in turn x16")
+
+
+# ---- scale up: a third replica added under load ------------------------------------------------------------------
+
+
+async def replica_added(make_topology: MakeTopology, before: int, fault: str) -> None:
+    started = time.monotonic()
+    topology = make_topology(history_replicas=2)
+    await asyncio.to_thread(topology.start)
+    load = ChaosLoad([c.ws_url for c in topology.chats], f"grow{before}", senders=4, readers=3)
+    try:
+        await load.start()
+        await load.wait_acked(before, timeout=300)
+        async with Reconnects(load) as reconnects:
+            added = topology.add_history()
+            held = await room_count(topology.histories[0].url, load.room)
+            await asyncio.to_thread(added.start, False)
+            ready = await wait_ready_after_copy(added, load.room)
+            # Roll the chat replicas onto the new list (as the chart does when history.replicas changes).
+            for chat in topology.chats:
+                await asyncio.to_thread(chat.terminate)
+                await asyncio.to_thread(chat.start)
+            await asyncio.sleep(1)
+        assert ready.count_at_ready >= held, "ready before it held what its peers held when it started"
+        outcomes = await asyncio.to_thread(ReadOutcomes.of, load, topology)
+        await _finish(fault, load, topology)
+        _no_failed_reads(outcomes)
+        _report(fault, started, outcomes,
+                f"reconnects={reconnects.count} held_by_peers={held} ready_in={ready.seconds:.1f}s "
+                f"copying_seen={ready.copying_seen} count_at_ready={ready.count_at_ready}")
+    finally:
+        await load.shutdown()
+
+
+async def test_a_replica_added_under_load_is_ready_only_after_its_copy(make_topology: MakeTopology) -> None:
+    await replica_added(make_topology, 300, "history scaled 2 -> 3")
+
+
+@pytest.mark.slow
+async def test_a_replica_added_to_a_large_store(make_topology: MakeTopology) -> None:
+    await replica_added(make_topology, 5000, "history scaled 2 -> 3 (5000 stored)")
+
+
+# ---- scale down: the orphan queue is seen with no consumer, then expires -----------------------------------------
+
+
+async def replica_removed(
+    make_topology: MakeTopology, rabbit: PrivateRabbit, vhost_url: str, expires_s: int, fault: str
+) -> None:
+    started = time.monotonic()
+    topology = make_topology({"AMQP_HISTORY_QUEUE_EXPIRES_S": str(expires_s)}, history_replicas=2)
+    await asyncio.to_thread(topology.start)
+    load = ChaosLoad([c.ws_url for c in topology.chats], f"shrink{expires_s}", senders=4, readers=2)
+    orphan = "chat.history.1"
+    gauge = f'queue="{orphan}"'
+    try:
+        await load.start()
+        await load.wait_acked(100)
+        topology.remove_history()
+        for chat in topology.chats:  # the chart rolls the chat replicas onto AMQP_HISTORY_REPLICAS=1
+            await asyncio.to_thread(chat.terminate)
+            await asyncio.to_thread(chat.start)
+        chat = topology.chats[0]
+        removed_at = time.monotonic()
+        consumers_seen: list[float] = []
+        backlog_seen: list[float] = []
+        while await asyncio.to_thread(_queue_exists, rabbit, vhost_url, orphan):
+            assert time.monotonic() - removed_at < expires_s + 60, "the orphan queue did not expire"
+            consumers = await asyncio.to_thread(metric, chat.url, "durable_chat_history_queue_consumers", gauge)
+            backlog = await asyncio.to_thread(metric, chat.url, "durable_chat_history_queue_messages", gauge)
+            if consumers is not None and backlog is not None:
+                consumers_seen.append(consumers)
+                backlog_seen.append(backlog)
+            await asyncio.sleep(0.5)
+        expired_after = time.monotonic() - removed_at
+        assert consumers_seen, "no chat replica exported the orphan queue while it existed"
+        assert set(consumers_seen) == {0.0}, consumers_seen
+        assert max(backlog_seen) > 0, "the orphan queue's backlog was not visible"
+        await asyncio.sleep(2.5)  # a poll or two after the expiry: the series is gone, not stale
+        assert await asyncio.to_thread(metric, chat.url, "durable_chat_history_queue_consumers", gauge) is None
+        outcomes = await asyncio.to_thread(ReadOutcomes.of, load, topology)
+        await _finish(fault, load, topology)
+        _report(fault, started, outcomes,
+                f"orphan expired {expired_after:.1f}s after removal (x-expires {expires_s}s), "
+                f"backlog seen up to {max(backlog_seen):.0f}, polls with 0 consumers={len(consumers_seen)}")
+    finally:
+        await load.shutdown()
+
+
+def _queue_exists(rabbit: PrivateRabbit, vhost_url: str, queue: str) -> bool:
+    names = rabbit.ctl("list_queues", "-p", vhost_of(vhost_url), "-q", "name").split()
+    return queue in names
+
+
+async def test_scale_down_the_orphan_queue_is_watched_then_expires(
+    make_topology: MakeTopology, private_rabbit: PrivateRabbit, vhost_url: str
+) -> None:
+    await replica_removed(make_topology, private_rabbit, vhost_url, 6, "history scaled 2 -> 1")
+
+
+@pytest.mark.slow
+async def test_scale_down_with_a_longer_expiry(
+    make_topology: MakeTopology, private_rabbit: PrivateRabbit, vhost_url: str
+) -> None:
+    await replica_removed(make_topology, private_rabbit, vhost_url, 30, "history scaled 2 -> 1 (expiry 30 s)")
+
+
+# ---- a v1 deployment (one replica on chat.history) upgraded to two ---------------------------------------------
+
+
+async def upgraded_from_v1(
+    make_topology: MakeTopology, rabbit: PrivateRabbit, vhost_url: str, before: int, fault: str
+) -> None:
+    started = time.monotonic()
+    topology = make_topology()  # v1: one history, none of the replica settings
+    await asyncio.to_thread(topology.start)
+    load = ChaosLoad([c.ws_url for c in topology.chats], f"v1up{before}", senders=4, readers=3)
+    try:
+        await load.start()
+        await load.wait_acked(before, timeout=300)
+        v1 = topology.history
+        held_by_v1 = await room_count(v1.url, load.room)
+        async with Reconnects(load) as reconnects:
+            # The order a StatefulSet scale-up plus roll takes: the new replica 1 first (it copies from the v1
+            # replica), then the chat replicas onto the list of both, then replica 0 restarted with the replica
+            # settings (it keeps its data and chat.history); reads go to replica 1 meanwhile.
+            added = topology.add_history()
+            await asyncio.to_thread(added.start, False)
+            ready = await wait_ready_after_copy(added, load.room)
+            for chat in topology.chats:
+                await asyncio.to_thread(chat.terminate)
+                await asyncio.to_thread(chat.start)
+            await asyncio.to_thread(v1.terminate)
+            await asyncio.to_thread(v1.start)
+            assert await room_count(v1.url, load.room) >= held_by_v1, "replica 0 lost data in the upgrade"
+            await asyncio.sleep(1)
+        assert ready.count_at_ready >= held_by_v1
+        assert await asyncio.to_thread(_queue_exists, rabbit, vhost_url, "chat.history")
+        outcomes = await asyncio.to_thread(ReadOutcomes.of, load, topology)
+        await _finish(fault, load, topology)
+        _no_failed_reads(outcomes)
+        _report(fault, started, outcomes,
+                f"reconnects={reconnects.count} held_by_v1={held_by_v1} replica1_ready_in={ready.seconds:.1f}s")
+    finally:
+        await load.shutdown()
+
+
+async def test_a_v1_deployment_upgrades_to_two_replicas_with_its_data(
+    make_topology: MakeTopology, private_rabbit: PrivateRabbit, vhost_url: str
+) -> None:
+    await upgraded_from_v1(make_topology, private_rabbit, vhost_url, 300, "v1 -> 2 history replicas")
+
+
+@pytest.mark.slow
+async def test_a_v1_deployment_with_a_large_store_upgrades(
+    make_topology: MakeTopology, private_rabbit: PrivateRabbit, vhost_url: str
+) -> None:
+    await upgraded_from_v1(make_topology, private_rabbit, vhost_url, 5000, "v1 -> 2 history replicas (5000 stored)")
