@@ -108,6 +108,23 @@ class Reconnects:
                 self.count += 1
 
 
+def open_gaps(load: ChaosLoad) -> list[str]:
+    """Clients whose last `synced` said complete: false (a backfill still owed)."""
+    gaps = []
+    for client in load.clients:
+        synced = [f for f in client.frames if f.get("type") == "synced"]
+        if synced and synced[-1].get("complete") is False:
+            gaps.append(client.name or "?")
+    return gaps
+
+
+async def no_open_gap(load: ChaosLoad, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while gaps := open_gaps(load):
+        assert time.monotonic() < deadline, f"clients still waiting for a backfill: {gaps}"
+        await asyncio.sleep(0.2)
+
+
 @dataclass
 class ReadOutcomes:
     unavailable_errors: int  # `history_unavailable` error frames the clients got
