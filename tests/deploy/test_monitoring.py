@@ -79,7 +79,8 @@ def test_every_alert_has_a_firing_unit_test() -> None:
     names = {str(rule["alert"]) for rule in alert_rules()}
     assert names >= {
         "DurableChatHistoryBacklogGrowing", "DurableChatHistoryNotConsuming", "DurableChatPublishConfirmFailures",
-        "DurableChatNoReadyReplicas", "DurableChatHighErrorRate",
+        "DurableChatNoReadyReplicas", "DurableChatHighErrorRate", "DurableChatHistoryQueueOrphaned",
+        "DurableChatHistoryReplicaNotReady", "DurableChatHistoryCopyStalled", "DurableChatHistoryReplicasDiverge",
     }
     assert names - fired == set(), f"alerts without a firing unit test: {sorted(names - fired)}"
 
@@ -121,11 +122,27 @@ def test_dashboard_shape() -> None:
     dashboard = json.loads(DASHBOARD.read_text())
     assert dashboard["uid"] == "durable-chat"
     titles = " ".join(title.lower() for title, _ in dashboard_exprs())
-    for topic in ("published", "clients", "confirm", "backlog", "lag", "failures", "error"):
+    for topic in ("published", "clients", "confirm", "backlog", "lag", "failures", "error", "copy", "digest",
+                  "replicas ready"):
         assert topic in titles, f"no panel about {topic}"
     assert any("by (instance)" in expr for _, expr in dashboard_exprs()), "per-pod panels"
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids))
+
+
+def test_history_queue_series_are_judged_per_queue() -> None:
+    """Chat replicas export one series per history queue (label `queue`); an expression that drops the label
+    would add up or hide the replicas' queues (one orphan among healthy queues would vanish in a plain max)."""
+    exprs = [(str(r["alert"]), str(r["expr"])) for r in alert_rules()] + dashboard_exprs()
+    queue_exprs = [(where, expr) for where, expr in exprs if "durable_chat_history_queue_" in expr]
+    assert queue_exprs
+    for where, expr in queue_exprs:
+        if where == "DurableChatHistoryNotConsuming":
+            continue  # deliberately over every queue: no replica consumes at all
+        assert "by (queue)" in expr or "by (namespace, queue)" in expr, f"{where}: {expr}"
+    per_replica = {title for title, expr in dashboard_exprs() if "by (instance" in expr and "history" in expr}
+    assert {"Copy progress per replica", "History lag per replica", "Digest mismatch per replica and peer"} <= (
+        per_replica)
 
 
 def test_prometheus_rule_renders_the_same_alerts_file(render: Renderer) -> None:
