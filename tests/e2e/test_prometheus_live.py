@@ -1,9 +1,11 @@
 """The shipped dashboard and alerts, evaluated by a real Prometheus scraping the real processes.
 
-Prometheus (Debian's package) scrapes both chat replicas (job `chat`), the history service (job `history`) and
+Prometheus (Debian's package) scrapes both chat replicas (job `chat`), two history replicas (job `history`) and
 the private RabbitMQ node's rabbitmq_prometheus plugin (job `rabbitmq`), and loads the chart's alert file as
-its rule file. After a short load, every PromQL expression of the Grafana dashboard must return data and every
-alert must be inactive; with the history service stopped, the history-backlog alert's expression turns true.
+its rule file. After a short load, every PromQL expression of the Grafana dashboard must return data (the
+per-replica panels included: copy, digest verify every second) and every alert must be inactive. Then history is
+scaled down to one replica: `chat.history.1` keeps receiving every message with no consumer, and the orphan-queue
+and backlog alerts' expressions turn true for that queue, and only for it.
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ import pytest
 import websockets
 import yaml
 
-from tests.e2e.conftest import Endpoints
+from tests.e2e.conftest import REMOTE_CHAT_URLS, Endpoints
 from tests.support.client import ChatClient
 from tests.support.ports import free_port
+from tests.support.procs import LocalTopology
 from tests.support.rabbit import PrivateRabbit
 from tests.support.shared_node import shared_private_rabbit
 
@@ -36,6 +39,8 @@ FILES = Path(__file__).resolve().parents[2] / "deploy" / "helm" / "durable-chat"
 DASHBOARD = FILES / "dashboard.json"
 ALERTS = FILES / "alerts.yaml"
 BACKLOG_ALERT = "DurableChatHistoryBacklogGrowing"
+ORPHAN_ALERT = "DurableChatHistoryQueueOrphaned"
+ORPHAN_QUEUE = "chat.history.1"
 # Grafana's own variables, as Grafana would expand them for a 5-minute view.
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "15s", "$__range": "5m", "${__range}": "5m"}
 
@@ -118,13 +123,29 @@ class Prometheus:
 
 
 @pytest.fixture
-async def prometheus(endpoints: Endpoints, private_rabbit: PrivateRabbit, tmp_path: Path) -> AsyncIterator[Prometheus]:
-    topology = endpoints.local()
+async def replicated(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Endpoints]:
+    """Two chat replicas and two history replicas, each comparing its digests with its peer's every second."""
+    if REMOTE_CHAT_URLS:
+        pytest.skip("needs local processes to scale down (running against remote endpoints)")
+    topology = LocalTopology(request.getfixturevalue("vhost_url"), tmp_path, history_replicas=2,
+                             extra_env={"HISTORY_VERIFY_INTERVAL_S": "1"})
+    try:
+        topology.start()
+        yield Endpoints([chat.url for chat in topology.chats], topology.history.url, topology)
+    finally:
+        topology.stop()
+
+
+@pytest.fixture
+async def prometheus(
+    replicated: Endpoints, private_rabbit: PrivateRabbit, tmp_path: Path
+) -> AsyncIterator[Prometheus]:
+    topology = replicated.local()
     server = Prometheus(
         _prometheus(), tmp_path,
         {
             "chat": [chat.port for chat in topology.chats],
-            "history": [topology.history.port],
+            "history": [history.port for history in topology.histories],
             "rabbitmq": [private_rabbit.prometheus_port],
         },
     )
@@ -213,20 +234,21 @@ async def until(check: Any, what: str, limit_s: float) -> None:
         await asyncio.sleep(0.5)
 
 
-async def test_dashboard_queries_return_data_alerts_stay_quiet_and_backlog_alert_fires(
-    endpoints: Endpoints, prometheus: Prometheus
+async def test_dashboard_queries_return_data_alerts_stay_quiet_and_orphan_queue_alert_fires(
+    replicated: Endpoints, prometheus: Prometheus
 ) -> None:
+    endpoints = replicated
     topology = endpoints.local()
     queries = dashboard_queries()
     rules = alert_rules()
-    assert queries and BACKLOG_ALERT in rules
+    assert queries and {BACKLOG_ALERT, ORPHAN_ALERT} <= set(rules)
     async with httpx.AsyncClient(timeout=10) as http:
         await prometheus.ready(http)
 
         async def all_targets_up() -> bool:
             up = await prometheus.query(http, "up == 1")
             jobs = [sample["metric"]["job"] for sample in up]
-            return sorted(jobs) == ["chat", "chat", "history", "rabbitmq"]
+            return sorted(jobs) == ["chat", "chat", "history", "history", "rabbitmq"]
 
         await until(all_targets_up, "every target up", 30)
         mark("targets up")
@@ -248,6 +270,8 @@ async def test_dashboard_queries_return_data_alerts_stay_quiet_and_backlog_alert
         mark("dashboard checked")
         assert not missing, "dashboard queries without data:\n" + "\n".join(missing)
         assert finite(await prometheus.query(http, 'rabbitmq_build_info{job="rabbitmq"}'))
+        queues = await prometheus.query(http, 'max by (queue) (durable_chat_history_queue_consumers{job="chat"})')
+        assert {q["metric"]["queue"]: q["value"][1] for q in queues} == {"chat.history": "1", ORPHAN_QUEUE: "1"}
 
         # Every alert loads, evaluates without error and is quiet under the healthy load.
         async def rules_evaluated() -> bool:
@@ -262,10 +286,10 @@ async def test_dashboard_queries_return_data_alerts_stay_quiet_and_backlog_alert
         assert firing == {}
         mark("alerts checked")
 
-        # The history service stops; messages keep coming and wait in its queue: the backlog alert's
-        # expression turns true (its `for:` keeps it pending), seen through the chat replicas' gauge.
-        # uvicorn shuts down cleanly, then re-raises SIGTERM: the exit status is the signal's.
-        assert topology.history.terminate() in (0, -signal.SIGTERM)
+        # Scale history down to one replica: replica 1 stops (SIGTERM) and its queue is left behind. The chat
+        # replicas still publish to it and still watch it: it grows with no consumer, the orphan-queue and backlog
+        # alerts' expressions turn true for that queue alone (their `for:` keeps them pending).
+        topology.remove_history()
         writer = ChatClient(endpoints.ws_urls, "backlog", name="writer", coalesce=True)
         await writer.connect(0)
         try:
@@ -274,15 +298,20 @@ async def test_dashboard_queries_return_data_alerts_stay_quiet_and_backlog_alert
             await writer.wait_for(lambda: len(writer.acks) == 1200, timeout=60)
         finally:
             await writer.close()
+        mark("1200 sent with one replica gone")
 
-        async def backlog_alert_true() -> bool:
-            return bool(await prometheus.query(http, rules[BACKLOG_ALERT]))
+        async def alerting_queues(alert: str) -> set[str]:
+            return {sample["metric"].get("queue", "") for sample in await prometheus.query(http, rules[alert])}
 
-        mark("1200 queued")
-        await until(backlog_alert_true, f"{BACKLOG_ALERT} expression true", 30)
-        mark("backlog alert true")
+        for alert in (ORPHAN_ALERT, BACKLOG_ALERT):
+            async def true_for_the_orphan(name: str = alert) -> bool:
+                return await alerting_queues(name) == {ORPHAN_QUEUE}
 
-        async def backlog_alert_pending() -> bool:
-            return (await prometheus.rules(http))[BACKLOG_ALERT]["state"] in ("pending", "firing")
+            await until(true_for_the_orphan, f"{alert} expression true for {ORPHAN_QUEUE} only", 30)
+            mark(f"{alert} true")
 
-        await until(backlog_alert_pending, f"{BACKLOG_ALERT} pending", 10)
+        async def alerts_pending() -> bool:
+            states = {name: rule["state"] for name, rule in (await prometheus.rules(http)).items()}
+            return all(states[name] in ("pending", "firing") for name in (ORPHAN_ALERT, BACKLOG_ALERT))
+
+        await until(alerts_pending, f"{ORPHAN_ALERT} and {BACKLOG_ALERT} pending", 10)
