@@ -196,6 +196,7 @@ class BacklogSync:
                          error=str(exc))
                 continue
             if read.lagging:  # every caught-up replica failed and one behind its queue answered: not the end
+                attempt += 1
                 gap.history_through = None
                 log.info("backfill answered by a history replica behind its queue; reading again",
                          room=subscriber.room, messages=sent)

@@ -287,3 +287,53 @@ async def test_a_sync_while_history_is_behind_its_queue_is_incomplete_and_backfi
     assert sorted(ids_of(frames)) == sorted(e[0].id for e in stored + late)
     assert len(ids_of(frames)) == len(set(ids_of(frames)))
     assert [f["complete"] for f in frames if f["type"] == "synced"] == [False, True]
+
+
+class ReplicaAnswer(FakeHistory):
+    """One read of two replicas, one of them behind its queue: answered by that one (``lagging``) or not."""
+
+    def __init__(self, stored: list[Entry], lagging: bool) -> None:
+        super().__init__(stored)
+        self._lagging = lagging
+
+    @property
+    def all_caught_up(self) -> bool:
+        return False
+
+    @property
+    def any_caught_up(self) -> bool:
+        return True
+
+    @property
+    def lagging(self) -> bool:
+        return self._lagging
+
+
+class TwoReplicas(FakeHistory):
+    """A caught-up replica that does not answer the first ``down_reads`` reads, and one behind its queue that
+    answers them instead, lacking what it has not stored yet (``behind``)."""
+
+    def __init__(self, stored: list[Entry], behind: list[Entry], down_reads: int) -> None:
+        super().__init__(stored)
+        self.behind = behind
+        self.down_reads = down_reads
+
+    def read(self) -> FakeHistory:
+        lagging = self.down_reads > 0
+        self.down_reads = max(0, self.down_reads - 1)
+        return ReplicaAnswer(self.stored if lagging else self.stored + self.behind, lagging)
+
+
+async def test_a_backfill_answered_by_a_replica_behind_its_queue_reads_again_until_a_caught_up_one_answers() -> None:
+    seen = make("A")
+    stored = [make("A") for _ in range(10)]
+    behind = [make("B") for _ in range(4)]  # not yet stored by the lagging replica
+    history = TwoReplicas([seen, *stored], sorted(behind, key=lambda e: e[0].id), down_reads=3)
+    connection = Connection(history, RecentRing(10_000), Cursor((seen[0].id,)))
+    gap = await connection.connect()  # read 1, from the lagging replica
+    assert gap.reason == "lagging"
+    assert await connection.sync.backfill(connection.subscriber, gap, None)  # reads 2, 3 lagging; then complete
+    frames = await connection.frames()
+    assert sorted(ids_of(frames)) == sorted(e[0].id for e in stored + behind)
+    assert len(ids_of(frames)) == len(set(ids_of(frames)))
+    assert [f["complete"] for f in frames if f["type"] == "synced"] == [False, True]
