@@ -323,22 +323,21 @@ class InvalidPresence(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class PresenceMessage:
-    """``state``: a delta of some rooms; ``beat``: a part of a heartbeat; ``typing``: one author in one room;
-    ``hello``: a replica (re)joined and asks for heartbeats; ``bye``: a replica is leaving."""
+    """``state``: a delta of some rooms; ``beat``: a part of a heartbeat; ``typing``: (room, author) pairs typing,
+    batched; ``hello``: a replica (re)joined and asks for heartbeats; ``bye``: a replica is leaving."""
 
     kind: Kind
     origin: str
     ts: int  # ms since the epoch, at the sender
     rooms: dict[str, RoomState] = field(default_factory=dict)
-    room: str = ""
-    author: str = ""
+    typing: list[tuple[str, str]] = field(default_factory=list)
 
     def encode(self) -> bytes:
         body: dict[str, Any] = {"v": WIRE_VERSION, "k": self.kind, "origin": self.origin, "ts": self.ts}
         if self.kind in ("state", "beat"):
             body["rooms"] = self.rooms
         elif self.kind == "typing":
-            body["room"], body["author"] = self.room, self.author
+            body["typing"] = self.typing
         return orjson.dumps(body)
 
     @classmethod
@@ -356,10 +355,7 @@ class PresenceMessage:
         if kind in ("state", "beat"):
             return cls(kind, origin, stamp, rooms=_rooms(data.get("rooms")))
         if kind == "typing":
-            room, author = data.get("room"), data.get("author")
-            if not isinstance(room, str) or not valid_room(room) or not _is_author(author):
-                raise InvalidPresence("bad typing room or author")
-            return cls(kind, origin, stamp, room=room, author=str(author))
+            return cls(kind, origin, stamp, typing=_typing(data.get("typing")))
         return cls(kind, origin, stamp)
 
 
@@ -369,6 +365,18 @@ def _is_int(value: object) -> bool:
 
 def _is_author(value: object) -> bool:
     return isinstance(value, str) and 0 < len(value) <= MAX_AUTHOR_CHARS
+
+
+def _typing(value: object) -> list[tuple[str, str]]:
+    if not isinstance(value, list):
+        raise InvalidPresence("typing must be a list")
+    pairs = []
+    for pair in value:
+        if not (isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], str) and valid_room(pair[0])
+                and _is_author(pair[1])):
+            raise InvalidPresence("bad typing room or author")
+        pairs.append((pair[0], str(pair[1])))
+    return pairs
 
 
 def _rooms(value: object) -> dict[str, RoomState]:

@@ -9,9 +9,10 @@ messages past a length bound and after ``CHAT_PRESENCE_TTL_S``: presence that ol
 What goes out: joins and leaves of this replica's connections, batched for ``FLUSH_DELAY_S`` into one ``state``
 message (the current counts of what changed, never increments, so a lost message is repaired by the next one);
 the whole state every ``CHAT_PRESENCE_HEARTBEAT_S`` in parts of ``CHAT_PRESENCE_HEARTBEAT_CHUNK`` entries;
-typing events; ``hello`` at every (re)connect, which makes every other replica heartbeat soon, and ``bye`` when
-the replica stops. Frames to clients go only to connections that take part (``presence`` not ``0``) and have had
-their `synced`, through ``Subscriber.push``.
+typing events, batched the same way (one message per flush, not per event: each costs a publish here and a
+delivery at every other replica); ``hello`` at every (re)connect, which makes every other replica heartbeat soon,
+and ``bye`` when the replica stops. Frames to clients go only to connections that take part (``presence`` not
+``0``) and have had their `synced`, through ``Subscriber.push``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from collections import deque
 from collections.abc import Callable
 from types import TracebackType
 
+import aiormq
 import orjson
 import structlog
 from aio_pika import ExchangeType
@@ -83,13 +85,13 @@ class PresenceRelay:
         )
         self._listeners: dict[str, dict[Subscriber, str | None]] = {}  # room -> presence-on subscriber -> author
         self._dirty: dict[str, set[str]] = {}  # room -> authors whose counts here changed since the last flush
+        self._typing_out: list[tuple[str, str]] = []  # (room, author) typing here since the last flush
         self._outbox: deque[PresenceMessage] = deque()
         self._wakeup = asyncio.Event()
         self._beat_now = asyncio.Event()
         self._inbox: list[DeliveredMessage] = []
         self._has_inbox = asyncio.Event()
-        self._channel: object | None = None
-        self._underlay: object | None = None
+        self._underlay: aiormq.abc.AbstractChannel | None = None
         self._sweeper: asyncio.Task[None] | None = None
         metrics.presence_members.set_function(lambda: self.view.local_members)
         metrics.presence_occupancy.set_function(lambda: self.view.local_connections)
@@ -114,6 +116,7 @@ class PresenceRelay:
         # The clients are gone by now (the service closes them first): tell the others at once, not by TTL.
         self._outbox.clear()
         self._dirty.clear()
+        self._typing_out.clear()
         await self._publish(PresenceMessage("bye", self.origin, now_ms()))
 
     async def setup(self, connection: AbstractConnection, tasks: asyncio.TaskGroup) -> list[AbstractChannel]:
@@ -130,7 +133,7 @@ class PresenceRelay:
         self._inbox = []
         tasks.create_task(self._receive_loop(), name="presence-receive")
         await underlay.basic_consume(queue.name, self._on_delivery, no_ack=True)
-        self._channel, self._underlay = channel, underlay
+        self._underlay = underlay
         tasks.create_task(self._send_loop(), name="presence-send")
         tasks.create_task(self._heartbeat_loop(), name="presence-heartbeat")
         self._enqueue(PresenceMessage("hello", self.origin, now_ms()))
@@ -139,7 +142,7 @@ class PresenceRelay:
 
     async def on_lost(self) -> None:
         # Other replicas' entries stay until they expire: a short broker blip does not empty every room.
-        self._channel = self._underlay = None
+        self._underlay = None
         self._outbox.clear()
 
     # ---- this replica's connections
@@ -172,7 +175,11 @@ class PresenceRelay:
             return  # anonymous or not taking part: nobody could be told who is typing
         if not self._throttled(self._sent_typing.allow(subscriber.room, author)):
             self._deliver_typing(subscriber.room, author)
-            self._enqueue(PresenceMessage("typing", self.origin, now_ms(), room=subscriber.room, author=author))
+            if len(self._typing_out) >= OUTBOX_MAX:
+                self._metrics.presence_dropped.labels(reason="outbox_full").inc()
+                return
+            self._typing_out.append((subscriber.room, author))
+            self._wakeup.set()
 
     def snapshot(self, room: str) -> Snapshot:
         return self.view.snapshot(room, self._settings.presence_snapshot_members)
@@ -225,11 +232,17 @@ class PresenceRelay:
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
+            if self._dirty or self._typing_out:
+                await asyncio.sleep(FLUSH_DELAY_S)  # let a burst of connects, disconnects or typing gather
             if self._dirty:
-                await asyncio.sleep(FLUSH_DELAY_S)  # let a burst of connects or disconnects gather
                 dirty, self._dirty = self._dirty, {}
                 rooms = {room: self.view.local_state(room, authors) for room, authors in dirty.items()}
                 self._outbox.append(PresenceMessage("state", self.origin, now_ms(), rooms=rooms))
+            if self._typing_out:
+                typing, self._typing_out = self._typing_out, []
+                for start in range(0, len(typing), self._settings.presence_heartbeat_chunk):
+                    part = typing[start:start + self._settings.presence_heartbeat_chunk]
+                    self._outbox.append(PresenceMessage("typing", self.origin, now_ms(), typing=part))
             while self._outbox:
                 await self._publish(self._outbox.popleft())
 
@@ -249,7 +262,7 @@ class PresenceRelay:
             self._metrics.presence_dropped.labels(reason="disconnected").inc()
             return
         try:
-            await underlay.basic_publish(  # type: ignore[attr-defined]
+            await underlay.basic_publish(
                 message.encode(), exchange=self._exchange, routing_key="", properties=TRANSIENT
             )
         except Exception as exc:  # the link notices the closed channel and reconnects; presence is best effort
@@ -285,11 +298,12 @@ class PresenceRelay:
             return
         self._metrics.presence_messages.labels(direction="in", kind=message.kind).inc()
         if message.kind == "typing":
-            age_s = (now_ms() - message.ts) / 1000
-            if age_s > self._settings.presence_typing_expiry_s:
-                self._metrics.presence_dropped.labels(reason="typing_stale").inc()
-            elif not self._throttled(self._shown_typing.allow(message.room, message.author)):
-                self._deliver_typing(message.room, message.author)
+            if (now_ms() - message.ts) / 1000 > self._settings.presence_typing_expiry_s:
+                self._metrics.presence_dropped.labels(reason="typing_stale").inc(len(message.typing))
+                return
+            for room, author in message.typing:
+                if room in self._listeners and not self._throttled(self._shown_typing.allow(room, author)):
+                    self._deliver_typing(room, author)
             return
         if message.kind == "hello":
             self._beat_now.set()
@@ -306,4 +320,7 @@ class PresenceRelay:
         interval = min(1.0, self._settings.presence_ttl_s / 10)
         while True:
             await asyncio.sleep(interval)
-            self._announce(self.view.expire())
+            try:
+                self._announce(self.view.expire())
+            except Exception:  # a bug here must not stop expiry for good: log it and sweep again next time
+                log.exception("presence sweep failed")

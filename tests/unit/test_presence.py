@@ -1,11 +1,26 @@
-"""The presence model with an injected clock: membership across replicas, expiry, bounds, chunking, typing."""
+"""The presence model with an injected clock: membership across replicas, expiry, bounds, chunking, typing; and
+the replica's side of it without a broker: which of its connections get which frames."""
 
 from __future__ import annotations
+
+import asyncio
 
 import orjson
 import pytest
 
-from services.chat.presence import InvalidPresence, PresenceMessage, PresenceView, Transition, TypingThrottle
+from services.chat.hub import Subscriber
+from services.chat.metrics import ChatMetrics
+from services.chat.presence import (
+    InvalidPresence,
+    PresenceMessage,
+    PresenceView,
+    Ticket,
+    Transition,
+    TypingThrottle,
+)
+from services.chat.presence_relay import PresenceRelay, now_ms
+from services.chat.settings import ChatSettings, load_config
+from services.common.settings import AmqpSettings, ConfigError
 
 
 class Clock:
@@ -172,7 +187,7 @@ def test_a_full_typing_throttle_refuses_new_authors_instead_of_forgetting_old_on
 def test_the_wire_form_round_trips_and_refuses_what_is_not_presence() -> None:
     beat = PresenceMessage("beat", "ORIGIN01", 5, rooms={"r": {"o": 1, "m": {"ann": [1, 1]}}})
     assert PresenceMessage.decode(beat.encode()) == beat
-    typing = PresenceMessage("typing", "ORIGIN01", 5, room="r", author="ann")
+    typing = PresenceMessage("typing", "ORIGIN01", 5, typing=[("r", "ann"), ("s", "bob")])
     assert PresenceMessage.decode(typing.encode()) == typing
     assert PresenceMessage.decode(PresenceMessage("bye", "ORIGIN01", 5).encode()).kind == "bye"
     for bad in (
@@ -180,9 +195,96 @@ def test_the_wire_form_round_trips_and_refuses_what_is_not_presence() -> None:
         b"[]",
         orjson.dumps({"k": "beat", "origin": "O", "ts": 1, "rooms": {"bad room": {"o": 1, "m": {}}}}),
         orjson.dumps({"k": "beat", "origin": "O", "ts": 1, "rooms": {"r": {"o": 1, "m": {"a": [1]}}}}),
-        orjson.dumps({"k": "typing", "origin": "O", "ts": 1, "room": "r", "author": ""}),
+        orjson.dumps({"k": "typing", "origin": "O", "ts": 1, "typing": [["r", ""]]}),
+        orjson.dumps({"k": "typing", "origin": "O", "ts": 1, "typing": [["bad room", "ann"]]}),
         orjson.dumps({"k": "what", "origin": "O", "ts": 1}),
         orjson.dumps({"k": "bye", "origin": "O", "ts": "1"}),
     ):
         with pytest.raises(InvalidPresence):
             PresenceMessage.decode(bad)
+
+
+# ---- the replica's side, without a broker: frames to its own connections ---------------------------------------
+
+
+class Conn:
+    """One connection of the replica: its subscriber, the frames its socket got, and its presence ticket."""
+
+    def __init__(self, room: str) -> None:
+        self.frames: list[dict[str, object]] = []
+        self.subscriber = Subscriber(room, self.send, self.close, 100, False)
+        self.subscriber.finish_sync()
+        self.ticket: Ticket | None = None
+
+    async def send(self, text: str) -> None:
+        self.frames.append(orjson.loads(text))
+
+    async def close(self, code: int, reason: str) -> None:
+        pass
+
+
+def relay(clock: Clock) -> PresenceRelay:
+    settings = ChatSettings(presence_typing_throttle_s=2, presence_snapshot_members=10)
+    relay = PresenceRelay(settings, AmqpSettings(), ChatMetrics.create(), clock)
+    relay.origin = "SELF0001"
+    return relay
+
+
+def connected(presence: PresenceRelay, room: str, author: str | None, listening: bool = True) -> Conn:
+    conn = Conn(room)
+    conn.ticket = presence.enter(conn.subscriber, author, listening)
+    return conn
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_the_replica_sends_the_snapshot_then_joins_leaves_and_typing_to_the_others_only() -> None:
+    clock = Clock()
+    presence = relay(clock)
+    ann = connected(presence, "r", "ann")
+    ann_tab = connected(presence, "r", "ann")
+    bob = connected(presence, "r", "bob")
+    quiet = connected(presence, "r", "sil", listening=False)
+    other = connected(presence, "s", "eve")
+    await settle()
+    assert ann.frames[0]["type"] == "presence" and ann.frames[1:] == [{"type": "join", "room": "r", "author": "bob"}]
+    assert [m["author"] for m in bob.frames[0]["members"]] == ["ann", "bob"]  # type: ignore[index]
+    assert bob.frames[0]["occupancy"] == 3 and quiet.frames == []
+
+    presence.typing(ann.subscriber, "ann")
+    presence.typing(ann_tab.subscriber, "ann")  # throttled: one per 2 s
+    presence.typing(quiet.subscriber, "sil")  # not taking part: dropped
+    await settle()
+    typing = {"type": "typing", "room": "r", "author": "ann"}
+    assert bob.frames[-1] == typing and bob.frames.count(typing) == 1
+    assert typing not in ann.frames + ann_tab.frames + other.frames + quiet.frames
+    clock.now += 2
+    presence.typing(ann_tab.subscriber, "ann")
+    await settle()
+    assert bob.frames.count(typing) == 2
+
+    # A typing event from another replica: shown once per 2 s, and not at all once older than 5 s.
+    remote = PresenceMessage("typing", "OTHER001", now_ms(), typing=[("r", "cy"), ("nobody-here", "zed")])
+    presence.receive(remote.encode())
+    presence.receive(remote.encode())
+    presence.receive(PresenceMessage("typing", "OTHER001", now_ms() - 6000, typing=[("r", "dan")]).encode())
+    presence.receive(b"{not json")
+    await settle()
+    assert [f.get("author") for f in bob.frames if f["type"] == "typing"] == ["ann", "ann", "cy"]
+
+    assert bob.ticket is not None
+    presence.leave(bob.subscriber, bob.ticket)
+    await settle()
+    assert ann.frames[-1] == {"type": "leave", "room": "r", "author": "bob"}
+    for conn in (ann, ann_tab, bob, quiet, other):
+        await conn.subscriber.aclose()
+
+
+def test_a_ttl_not_above_the_heartbeat_is_refused_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHAT_PRESENCE_HEARTBEAT_S", "15")
+    monkeypatch.setenv("CHAT_PRESENCE_TTL_S", "15")
+    with pytest.raises(ConfigError, match="CHAT_PRESENCE_TTL_S must be larger than CHAT_PRESENCE_HEARTBEAT_S"):
+        load_config()
