@@ -96,10 +96,6 @@ class PresenceRelay:
         metrics.presence_members.set_function(lambda: self.view.local_members)
         metrics.presence_occupancy.set_function(lambda: self.view.local_connections)
 
-    @property
-    def connected(self) -> bool:
-        return self._underlay is not None
-
     # ---- lifetime
 
     async def __aenter__(self) -> PresenceRelay:
@@ -144,6 +140,7 @@ class PresenceRelay:
         # Other replicas' entries stay until they expire: a short broker blip does not empty every room.
         self._underlay = None
         self._outbox.clear()
+        self._typing_out.clear()  # stale before the link is back; counts (`_dirty`) go out after the reconnect
 
     # ---- this replica's connections
 
