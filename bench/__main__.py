@@ -1,7 +1,7 @@
 """`python -m bench [NAME ...] [--quick] [--repeats N] [--shared-broker]`: run the benchmarks.
 
-NAME is any of: fanout publish ingest read connections seam cluster presence (default: all, in that order). Each
-prints a table (figure, baseline measured in the same run, ratio, target) and writes bench/results/<name>.json.
+NAME is any of: fanout publish ingest read connections seam cluster presence copy (default: all, in that order).
+Each prints a table (figure, baseline measured in the same run, ratio, target) and writes bench/results/<name>.json.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from bench.common import RESULTS, Broker, load_average, log, workdir
 
-NAMES = ["fanout", "publish", "ingest", "read", "connections", "seam", "cluster", "presence"]
+NAMES = ["fanout", "publish", "ingest", "read", "connections", "seam", "cluster", "presence", "copy"]
 
 
 @dataclass

@@ -23,7 +23,8 @@ from services.history.store import MessageStore
 ROOM = "read"
 
 
-def _fill_store(path: str, count: int) -> None:
+def fill_store(path: str, count: int, rooms: tuple[str, ...] = (ROOM,)) -> None:
+    """``count`` messages (~170 bytes each) spread over ``rooms`` in turn, written in synced 20,000-message batches."""
     store = MessageStore(path)
     ids = UlidGenerator()
     try:
@@ -33,7 +34,7 @@ def _fill_store(path: str, count: int) -> None:
             message = ChatMessage(
                 id=msg_id,
                 origin="BENCHRD0",
-                room=ROOM,
+                room=rooms[i % len(rooms)],
                 author=f"user{i % 97}",
                 text=f"history message number {i} " + "x" * 60,
                 ts=ts,
@@ -110,7 +111,7 @@ def run(ctx: Any) -> Report:
     wd = workdir("read")
     db, copy = wd / "history-db", wd / "baseline-db"
     t0 = time.monotonic()
-    _fill_store(str(db), count)
+    fill_store(str(db), count)
     shutil.copytree(db, copy)
     log(f"read: {count:,} messages stored in {time.monotonic() - t0:.1f} s")
     amqp = ctx.broker.vhost("read")

@@ -212,15 +212,38 @@ class Copier:
                 continue
             if copied:
                 await self._requested.wait()
+            else:
+                await self._until_a_peer_has_more()
+
+    async def _until_a_peer_has_more(self) -> None:
+        """No peer was ready: serve what we hold until a ready peer holds settled messages we lack (or a request).
+
+        Compared while still serving: two replicas that started together (neither ready for the other) must not
+        both go unready to copy from each other when there is nothing to copy. A ready peer that holds what we
+        hold makes what we serve complete after all (state ``done``).
+        """
+        while not self._requested.is_set():
+            try:
+                await asyncio.wait_for(self._requested.wait(), _NO_PEER_POLL_S)
+                return
+            except TimeoutError:
+                pass
+            peers = await self._ready_peers()
+            if not peers:
                 continue
-            # No ready peer: serve what we hold, and copy as soon as a peer becomes ready.
-            while not self._requested.is_set():
-                try:
-                    await asyncio.wait_for(self._requested.wait(), _NO_PEER_POLL_S)
-                except TimeoutError:
-                    if await self._ready_peers():
-                        log.info("a peer is ready now: copying what this replica lacks")
-                        break
+            ordinal, url = peers[0]
+            try:
+                theirs = await self._client.digests(url)
+            except PeerError as exc:
+                log.warning("could not read a ready peer's digests", peer=ordinal, error=str(exc)[:300])
+                continue
+            rooms = settled_mismatches(await local_digests(self._store), theirs, int(time.time() * 1000))
+            if rooms:
+                log.info("a peer is ready now and holds rooms that differ: copying", peer=ordinal, rooms=len(rooms))
+                return
+            log.info("a peer is ready now and holds what this replica holds: nothing to copy", peer=ordinal)
+            self.status = CopyStatus(state="done", peer=ordinal)
+            await self._requested.wait()
 
     async def _ready_peers(self) -> list[tuple[int, str]]:
         answers = await asyncio.gather(*(self._client.ready(url) for url in self._peers.values()))
@@ -278,11 +301,11 @@ class Copier:
             await self._wait_peer_settled(url)
             mine, theirs = await local_digests(self._store), await self._client.digests(url)
             rooms = differing_rooms(mine, theirs)
-            plan = _CopyPlan(peer=ordinal, whole_store=not mine, rooms=rooms)
+            plan = _CopyPlan(peer=ordinal, whole_store=not mine, rooms=rooms,
+                             expected=sum(theirs[room].count for room in rooms))
             log.info("copying from peer", peer=ordinal, rooms=len(rooms), whole_store=plan.whole_store,
-                     peer_messages=sum(theirs[room].count for room in rooms))
-        self.status.rooms_remaining = len(plan.rooms)
-        self._metrics.copy_rooms_remaining.set(len(plan.rooms))
+                     peer_messages=plan.expected)
+        self._rooms_remaining(plan)
         if plan.whole_store:
             await self._copy_stream(url, plan, ExportPosition(from_room=plan.from_room, after=plan.after))
             plan.rooms = []
@@ -291,9 +314,12 @@ class Copier:
             await self._copy_stream(url, plan, ExportPosition(room=room, after=plan.after if room == plan.from_room
                                                               else None))
             plan.rooms.pop(0)
-            self.status.rooms_remaining = len(plan.rooms)
-            self._metrics.copy_rooms_remaining.set(len(plan.rooms))
+            self._rooms_remaining(plan)
         return plan
+
+    def _rooms_remaining(self, plan: _CopyPlan) -> None:
+        self.status.rooms_remaining = len(plan.rooms)
+        self._metrics.copy_rooms_remaining.set(len(plan.rooms))
 
     async def _wait_peer_settled(self, url: str) -> None:
         """Let the peer store what it had received when we started (what was queued before our queue existed)."""
@@ -306,15 +332,23 @@ class Copier:
             await asyncio.sleep(0.1)
 
     async def _copy_stream(self, url: str, plan: _CopyPlan, position: ExportPosition) -> None:
+        """Parse the next batch while the previous one is written (one write in flight, so resuming stays exact)."""
         batch: list[tuple[ChatMessage, bytes]] = []
-        async for line in self._client.export(url, position):
-            try:
-                batch.append((ChatMessage.from_wire(line), line))
-            except InvalidMessage as exc:
-                raise PeerError(f"the peer exported an unreadable message: {exc}") from None
-            if len(batch) >= COPY_BATCH:
-                await self._write(plan, batch)
-                batch = []
+        writing: asyncio.Task[None] | None = None
+        try:
+            async for line in self._client.export(url, position):
+                try:
+                    batch.append((ChatMessage.from_wire(line), line))
+                except InvalidMessage as exc:
+                    raise PeerError(f"the peer exported an unreadable message: {exc}") from None
+                if len(batch) >= COPY_BATCH:
+                    if writing is not None:
+                        await writing
+                    writing = asyncio.create_task(self._write(plan, batch))
+                    batch = []
+        finally:
+            if writing is not None:
+                await writing  # before a resume reads the position it sets
         if batch:
             await self._write(plan, batch)
 
@@ -325,10 +359,15 @@ class Copier:
         self.status.messages += len(batch)
         self.status.stored += len(result.stored)
         self._metrics.copy_messages.inc(len(result.stored))
+        if plan.whole_store:  # one stream across every room: the rooms before this one are done
+            while plan.rooms and plan.rooms[0] < last.room:
+                plan.rooms.pop(0)
+            self._rooms_remaining(plan)
         if time.monotonic() - plan.logged >= _PROGRESS_LOG_EVERY_S:
             plan.logged = time.monotonic()
             log.info("copying from peer", peer=self.status.peer, messages=self.status.messages,
-                     stored=self.status.stored, room=last.room, rooms_remaining=self.status.rooms_remaining)
+                     of_about=plan.expected, stored=self.status.stored, room=last.room,
+                     rooms_remaining=self.status.rooms_remaining)
 
 
 @dataclass(slots=True)
@@ -338,6 +377,7 @@ class _CopyPlan:
     peer: int
     whole_store: bool
     rooms: list[str]
+    expected: int = 0
     from_room: str | None = None
     after: str | None = None
     logged: float = 0.0
