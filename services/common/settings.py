@@ -49,7 +49,7 @@ class AmqpSettings(BaseSettings):
         default=604800, ge=0, le=4_294_967,
         description=(
             "`x-expires` of the history queues of ordinal >= 1 (0: never): a queue unused that long is deleted "
-            "by the broker. Only applies when a queue is created; see docs/operations.md to change it later."
+            "by the broker. Only applies when a queue is created (docs/guarantees.md, history replicas: changing it)."
         ),
     )
     prefetch: int = Field(default=256, ge=1, le=65535, description="Unacked deliveries per consumer.")
