@@ -114,15 +114,15 @@ def start_all(replicas: list[ServiceProcess], stopper: list[ServiceProcess]) -> 
 def test_a_replica_that_lost_its_data_copies_from_its_peer_and_is_ready_only_after(
     amqp_url: str, tmp_path: Path, stopper: list[ServiceProcess]
 ) -> None:
-    # Replica 1 exports slowly (0.5 s per 2000 messages), so the copy lasts long enough to be watched.
+    # Replica 1 exports slowly (0.8 s per 2000 messages), so the copy lasts long enough to be watched.
     replicas = history_replicas(amqp_url, tmp_path, 2, {"HISTORY_VERIFY_INTERVAL_S": "0.5"})
-    replicas[1].env["DURABLE_CHAT_TEST_FAULTS"] = "history.export.delay_s=0.5"
+    replicas[1].env["DURABLE_CHAT_TEST_FAULTS"] = "history.export.delay_s=0.8"
     start_all(replicas, stopper)
     first, second = replicas
     # Started together, neither was ready for the other; each then finds the other ready and equal: complete.
     wait_for(lambda: [readyz(r.url)[1]["copy"]["state"] for r in replicas] == ["done", "done"], timeout=30,
              what="both replicas know they are complete")
-    messages = old_messages(4000)
+    messages = old_messages(2500)
     asyncio.run(publish(amqp_url, 2, messages))
     total = expected_count(messages)
     wait_for(lambda: stored_count(first.url) == stored_count(second.url) == total, what="both replicas store")

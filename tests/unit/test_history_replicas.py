@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from services.common.auth import TokenVerifier, bearer_token
 from services.common.ids import UlidGenerator, encode_ulid
 from services.common.schema import ChatMessage
 from services.common.settings import AmqpSettings, ConfigError
@@ -22,8 +23,8 @@ from services.common.topology import (
     history_queues,
 )
 from services.history.query import QueryError, parse_digest_query, parse_export_query
-from services.history.replication import differing_rooms, settled_mismatches
-from services.history.settings import load_config, ordinal_from_hostname
+from services.history.replication import PeerClient, differing_rooms, settled_mismatches
+from services.history.settings import HistorySettings, load_config, ordinal_from_hostname
 from services.history.store import ExportPosition, MessageStore, RoomDigest, id_hash
 
 ids = UlidGenerator()
@@ -297,3 +298,10 @@ def test_verify_skips_rooms_with_messages_inside_the_settle_window() -> None:
     theirs = {"old": _digest("old", *old), "hot": _digest("hot", old[0], recent), "equal": _digest("equal", old[2]),
               "only_theirs": _digest("only_theirs", old[1])}
     assert settled_mismatches(mine, theirs, now_ms) == ["old", "only_theirs"]
+
+
+def test_replicas_call_each_other_with_a_token_their_peers_accept() -> None:
+    secret = "a-shared-secret-of-at-least-32-bytes"
+    authorization = PeerClient(HistorySettings(replica=1, auth_secret=secret))._headers()["Authorization"]
+    assert TokenVerifier(secret=secret).subject(bearer_token(authorization, None)) == "history-1"
+    assert PeerClient(HistorySettings(replica=1))._headers() == {}  # anonymous mode: no token
