@@ -179,10 +179,13 @@ async def replica_removed(
     try:
         await load.start()
         await load.wait_acked(100)
-        topology.remove_history()
-        for chat in topology.chats:  # the chart rolls the chat replicas onto AMQP_HISTORY_REPLICAS=1
+        # The chat replicas first rolled onto one history replica (AMQP_HISTORY_REPLICAS=1, one URL), then
+        # replica 1 stopped: from then on only their watch beyond the configured count sees chat.history.1.
+        for chat in topology.chats:
+            chat.env.update(AMQP_HISTORY_REPLICAS="1", CHAT_HISTORY_URL=topology.history.url)
             await asyncio.to_thread(chat.terminate)
             await asyncio.to_thread(chat.start)
+        topology.remove_history()
         chat = topology.chats[0]
         removed_at = time.monotonic()
         consumers_seen: list[float] = []
@@ -196,6 +199,7 @@ async def replica_removed(
                 backlog_seen.append(backlog)
             await asyncio.sleep(0.5)
         expired_after = time.monotonic() - removed_at
+        assert expired_after >= expires_s - 1, "the queue went before its expiry: something else deleted it"
         assert consumers_seen, "no chat replica exported the orphan queue while it existed"
         assert set(consumers_seen) == {0.0}, consumers_seen
         assert max(backlog_seen) > 0, "the orphan queue's backlog was not visible"
