@@ -4,7 +4,8 @@
 # --wait`, `helm test`), the Kustomize kind overlay in a namespace of its own, then
 #   1. pytest tests/e2e (the same suite as against local processes, and the chat page in Chromium) through
 #      NodePort Services to each chat pod and to history;
-#   2. pytest tests/e2e/kind/test_kind_chaos.py: pods deleted, `helm upgrade` and `helm rollback` under load, each
+#   2. pytest tests/e2e/kind/test_kind_chaos.py: pods deleted, `helm upgrade` and `helm rollback` under load, then
+#      test_kind_history_replicas.py: history upgraded to two replicas, a replica's pod and volume lost; each
 #      ending with the chaos checker (0 lost, 0 duplicated);
 # and deletes the cluster.
 #
@@ -181,15 +182,18 @@ if [[ "${SKIP_SUITE:-0}" != 1 ]]; then
   # shellcheck disable=SC2086
   DURABLE_CHAT_E2E_CHAT_URLS="$CHAT0,$CHAT1" DURABLE_CHAT_E2E_HISTORY_URL="$HISTORY_URL" \
     "$PYTHON" -m pytest tests/e2e --ignore=tests/e2e/kind/test_kind_chaos.py \
+    --ignore=tests/e2e/kind/test_kind_history_replicas.py \
     --ignore=tests/e2e/test_core_rabbitmq310.py -m "not slow" -p no:cacheprovider ${PYTEST_ARGS:-} || SUITE_RC=$?
   k delete service -l e2e=suite --wait=false >/dev/null
 fi
 
-log "pytest tests/e2e/kind/test_kind_chaos.py (pods deleted, helm upgrade and rollback, under load)"
+log "pytest tests/e2e/kind/test_kind_chaos.py, test_kind_history_replicas.py (pods deleted, helm upgrade and rollback, history scaled to 2 replicas and a replica's volume lost, under load)"
+# In this order: the replica tests scale the release's history to two replicas, which the others do not expect.
 # shellcheck disable=SC2086
 DURABLE_CHAT_KIND_CONTEXT="$CONTEXT" DURABLE_CHAT_KIND_NAMESPACE="$NAMESPACE" DURABLE_CHAT_KIND_RELEASE="$RELEASE" \
 KUBECTL="$KUBECTL" HELM="$HELM" \
-  "$PYTHON" -m pytest tests/e2e/kind/test_kind_chaos.py -p no:cacheprovider ${PYTEST_ARGS:-} || CHAOS_RC=$?
+  "$PYTHON" -m pytest tests/e2e/kind/test_kind_chaos.py tests/e2e/kind/test_kind_history_replicas.py \
+  -p no:cacheprovider ${PYTEST_ARGS:-} || CHAOS_RC=$?
 
 # Both phases run whatever the first gave: one run reports every failure.
 if ((SUITE_RC || CHAOS_RC)); then
