@@ -81,15 +81,88 @@ class FastSend:
             await writable.wait()
 
 
+class _Inbox:
+    """What uvicorn's protocol needs of its receive queue (``put_nowait``, ``get``, ``empty``), for less memory
+    than an ``asyncio.Queue`` (three deques per connection): events wait in a list, one reader waits at a time."""
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: list[Any] = []
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put_nowait(self, item: Any) -> None:
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def empty(self) -> bool:
+        return not self._items
+
+    async def get(self) -> Any:
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.pop(0)
+
+
+class _Flag:
+    """``asyncio.Event`` as the protocol uses it (set, clear, is_set, wait), its waiters made only when needed."""
+
+    __slots__ = ("_value", "_waiters")
+
+    def __init__(self) -> None:
+        self._value = True
+        self._waiters: list[asyncio.Future[None]] | None = None
+
+    def is_set(self) -> bool:
+        return self._value
+
+    def set(self) -> None:
+        self._value = True
+        waiters, self._waiters = self._waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._value = False
+
+    async def wait(self) -> None:
+        if self._value:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = []
+        self._waiters.append(waiter)
+        await waiter
+
+
 class FastSendProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's websockets-sansio protocol, plus a ``FastSend`` handle in the scope of uncompressed connections."""
+    """uvicorn's websockets-sansio protocol, plus a ``FastSend`` handle in the scope of uncompressed connections,
+    and less memory per connection: a leaner receive queue and write flag, and no handshake objects kept."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.queue = _Inbox()  # type: ignore[assignment]
+        self.writable = _Flag()  # type: ignore[assignment]
 
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)
+        self.request = None  # type: ignore[assignment]  # read once, above; its headers are in the scope
         # A refused upgrade sent its response and has no scope; an extension would transform every frame.
         if not self.close_sent and not self.conn.extensions:
             extensions: dict[str, Any] = self.scope["extensions"]
             extensions[FAST_SEND] = FastSend(self)
+
+    async def send(self, message: Any) -> None:
+        await super().send(message)
+        if message["type"] == "websocket.accept":
+            self.response = None  # type: ignore[assignment]  # sent; only the handshake reads it
 
 
 def fast_send(scope: Mapping[str, Any]) -> FastSend | None:
