@@ -419,7 +419,7 @@ async def consume(spec: Spec) -> dict[str, Any]:
 async def connect_idle(spec: Spec) -> dict[str, Any]:
     url, n, pid = spec["url"], spec["clients"], spec["server_pid"]
     _check_local(url)
-    query = {"room": spec["room"]}
+    query = {"room": spec["room"], **spec.get("query", {})}
     warm = await _connect_all([url], min(50, n), query, _default_line)
     _close_all(warm)
     await asyncio.sleep(spec.get("settle", 2.0))

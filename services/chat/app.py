@@ -26,7 +26,7 @@ def create_app(config: ChatConfig, serve_metrics: bool | None = None) -> Starlet
     return build_app(
         service,
         routes=[
-            WebSocketRoute("/ws", endpoints.chat_socket),
+            WebSocketRoute(endpoints.WS_PATH, endpoints.chat_socket),  # served by RawSendMiddleware first
             Route("/api/rooms/{room}/messages", endpoints.history_proxy),
             Route("/api/rooms/{room}/presence", endpoints.presence_api),
             Route("/healthz", endpoints.healthz),

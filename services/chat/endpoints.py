@@ -366,12 +366,19 @@ async def _refuse(websocket: WebSocket, service: ChatService, refused: Refused) 
 RAW_SEND = "durable_chat.raw_send"
 
 
+WS_PATH = "/ws"
+
+
 class RawSendMiddleware:
-    """Keeps the server's own ASGI ``send`` in the WebSocket scope for the fan-out hot path.
+    """Keeps the server's own ASGI ``send`` in the WebSocket scope for the fan-out hot path, and serves the chat
+    WebSocket itself.
 
     Starlette wraps ``send`` per message (state checks, exception tracking); in fan-out those wrappers cost about
     11% of a replica's CPU (bench/README.md). Frames queued to a closed socket make the server raise, which the
-    subscriber's writer treats as the peer having gone.
+    subscriber's writer treats as the peer having gone. Its exception middleware, router and WebSocket session
+    wrappers would also stay on the stack of every connection for its whole life (eight coroutine frames and a
+    second WebSocket object per idle connection) around a handler that handles its own errors: ``WS_PATH`` goes
+    to ``chat_socket`` directly, any other path through the router as before.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -380,6 +387,11 @@ class RawSendMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
             scope[RAW_SEND] = send
+            path: str = scope["path"]
+            root_path: str = scope.get("root_path") or ""
+            if path.removeprefix(root_path) == WS_PATH:
+                await chat_socket(WebSocket(scope, receive, send))
+                return
         await self._app(scope, receive, send)
 
 
