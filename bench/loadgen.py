@@ -182,7 +182,9 @@ async def fanout(spec: Spec) -> dict[str, Any]:
     warmup, duration = spec["warmup"], spec["duration"]
     t_start = time.monotonic()
     t_window, t_end = t_start + warmup, t_start + warmup + duration
-    sent_in_window, cpu0, cpu1 = 0, {}, {}
+    sent_in_window = 0
+    cpu0: dict[str, float] = {}
+    cpu1: dict[str, float] = {}
     seq_at_window = 0
     while True:
         now = time.monotonic()

@@ -1,6 +1,7 @@
-"""Profile a service under bench load with py-spy: `python -m bench.profile {fanout|publish|ingest} [SECONDS]`.
+"""Profile a service under bench load with py-spy: `python -m bench.profile NAME [SECONDS]`.
 
-py-spy (pip install py-spy into the venv; not a project dependency) samples a replica (fanout, publish) or the
+NAME is fanout, fanout-window (the closed loop of issue 14), publish or ingest. py-spy (pip install py-spy into
+the venv; not a project dependency) samples a replica (fanout, fanout-window, publish) or the
 history service (ingest) while the matching load runs; the collapsed stacks go to bench/results/profile-<name>.txt
 and the top functions by own and total time are printed.
 """
@@ -17,6 +18,7 @@ import time
 from pathlib import Path
 
 from bench.common import RESULTS, Broker, log, topology, workdir
+from bench.fanout import WINDOW_POINT
 from bench.ingest import fill_backlog, history_process
 
 
@@ -67,7 +69,7 @@ def main() -> None:
     try:
         broker.start()
         amqp = broker.vhost(name)
-        if name in ("fanout", "publish"):
+        if name in ("fanout", "fanout-window", "publish"):
             topo = topology(amqp, wd)
             try:
                 topo.start()
@@ -79,6 +81,16 @@ def main() -> None:
                         "clients": 200,
                         "senders": 8,
                         "rate": 250,
+                        "room": "prof",
+                        "coalesce": False,
+                        "warmup": 2,
+                        "duration": seconds + 2,
+                    }
+                elif name == "fanout-window":  # the closed loop of issue 14 (bench/fanout.py WINDOW_POINT)
+                    spec = {
+                        "mode": "fanout",
+                        "urls": urls,
+                        **WINDOW_POINT,
                         "room": "prof",
                         "coalesce": False,
                         "warmup": 2,
