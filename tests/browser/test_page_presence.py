@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from playwright.async_api import Browser, expect
 
 from tests.browser.test_page import open_page, room, say
@@ -9,7 +11,7 @@ from tests.e2e.conftest import Endpoints
 
 
 async def test_two_pages_on_two_replicas_see_each_other_and_who_is_typing(
-    browser: Browser, shared_endpoints: Endpoints
+    browser: Browser, shared_endpoints: Endpoints, artifacts: Path
 ) -> None:
     name = room()
     alice = await open_page(browser, shared_endpoints.chat_urls[0], name, "alice")
@@ -22,6 +24,7 @@ async def test_two_pages_on_two_replicas_see_each_other_and_who_is_typing(
 
     await bob.locator("#text").press_sequentially("hel")
     await expect(alice.locator("#typing")).to_have_text("bob is typing…")
+    await alice.screenshot(path=str(artifacts / "page-presence.png"))
     await expect(bob.locator("#typing")).to_have_text("")  # never one's own
     await say(bob, "hello")  # the message ends the typing line at once
     await expect(alice.locator("#messages li.msg .text")).to_have_text(["hello"])

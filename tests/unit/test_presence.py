@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 
+import httpx
 import orjson
 import pytest
 
+from services.chat.app import create_app
 from services.chat.hub import Subscriber
 from services.chat.metrics import ChatMetrics
 from services.chat.presence import (
@@ -288,3 +290,22 @@ def test_a_ttl_not_above_the_heartbeat_is_refused_at_start(monkeypatch: pytest.M
     monkeypatch.setenv("CHAT_PRESENCE_TTL_S", "15")
     with pytest.raises(ConfigError, match="CHAT_PRESENCE_TTL_S must be larger than CHAT_PRESENCE_HEARTBEAT_S"):
         load_config()
+
+
+async def presence_api(path: str, monkeypatch: pytest.MonkeyPatch, **env: str) -> httpx.Response:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    app = create_app(load_config())  # no lifespan: the view is empty, and no broker is needed
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://replica") as client:
+        return await client.get(path)
+
+
+async def test_the_presence_api_answers_refuses_and_says_when_presence_is_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    ok = await presence_api("/api/rooms/lobby/presence", monkeypatch)
+    assert ok.status_code == 200 and ok.json() == {"room": "lobby", "members": [], "occupancy": 0, "total": 0}
+    bad = await presence_api("/api/rooms/no%20spaces/presence", monkeypatch)
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "bad_room"
+    off = await presence_api("/api/rooms/lobby/presence", monkeypatch, CHAT_PRESENCE_ENABLED="false")
+    assert off.status_code == 404 and off.json()["error"]["code"] == "presence_disabled"
+    locked = await presence_api("/api/rooms/lobby/presence", monkeypatch, CHAT_AUTH_SECRET="s" * 32)
+    assert locked.status_code == 401 and locked.json()["error"]["code"] == "unauthorized"
