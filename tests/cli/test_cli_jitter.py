@@ -53,7 +53,9 @@ async def test_500_tails_closed_together_reconnect_spread_over_the_first_backoff
         return delay
 
     monkeypatch.setattr(cli, "backoff", recorded_backoff)
-    args = argparse.Namespace(room=f"jitter-{uuid.uuid4().hex[:8]}", after=None, json=True, lines=0, verbose=False)
+    args = argparse.Namespace(
+        room=f"jitter-{uuid.uuid4().hex[:8]}", after=None, json=True, lines=0, verbose=False, presence=False
+    )
     tails = [
         asyncio.create_task(cli.cmd_tail(patient(endpoints.chat_urls), args)) for _ in range(CLIENTS)
     ]

@@ -187,7 +187,7 @@ class Fuzzer:
                         self.stats["ack"] += 1
                         self.answers += 1
                     else:
-                        assert kind in ("message", "synced"), frame
+                        assert kind in ("message", "synced", "presence", "join", "leave", "typing"), frame
         except websockets.exceptions.ConnectionClosed:
             pass
         code = ws.close_code
