@@ -435,19 +435,27 @@ async def history_proxy(request: Request) -> Response:
 async def presence_api(request: Request) -> Response:
     """Who is in a room, for the whole cluster: every replica holds the same view (heartbeats and deltas)."""
     service = _service(request)
+    room = request.path_params["room"]
     if service.verifier.enabled:
         try:
             token = bearer_token(request.headers.get("authorization"), request.query_params.get("token"))
             service.verifier.subject(token)
         except Unauthorized as exc:
-            return error_response(401, "unauthorized", str(exc))
-    room = request.path_params["room"]
+            return _presence_refused(request, room, 401, "unauthorized", str(exc))
     if not valid_room(room):
-        return error_response(400, "bad_room", "room must match [A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
+        return _presence_refused(request, room, 400, "bad_room", "room must match [A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
     if service.presence is None:
-        return error_response(404, "presence_disabled", "presence is turned off (CHAT_PRESENCE_ENABLED=false)")
+        return _presence_refused(
+            request, room, 404, "presence_disabled", "presence is turned off (CHAT_PRESENCE_ENABLED=false)"
+        )
     snapshot = service.presence.snapshot(room)
     return JSONResponse({**snapshot.body(), "total": snapshot.total})
+
+
+def _presence_refused(request: Request, room: str, status: int, code: str, detail: str) -> Response:
+    client = request.client.host if request.client else None
+    log.info("presence request refused", code=code, room=room[:100], client=client, detail=detail[:200])
+    return error_response(status, code, detail)
 
 
 async def healthz(_: Request) -> Response:
