@@ -8,9 +8,11 @@ the room digests and copies, over ``GET /export``, every room where the peer's d
 this store is empty). Writes are the store's idempotent ones, so a copy never duplicates and may be repeated.
 
 A dropped stream resumes after the last (room, id) written, from the same peer or, once it has failed
-``_ATTEMPTS_PER_PEER`` times, from the next ready one. The replica is not ready while it copies (readiness problem
-``copying``, reads answer 503 ``not_ready``). With no ready peer it serves what it holds, says so (``/readyz``
-``copy.state`` is ``no_peer``, one warning line), and copies as soon as a peer becomes ready.
+``_ATTEMPTS_PER_PEER`` times, from the next ready one; when every ready peer failed yet still answers (a refused
+token, say), the copy starts over every ``_NO_PEER_POLL_S``. The replica is not ready while it copies (readiness
+problem ``copying``, reads answer 503 ``not_ready``). With no ready peer it serves what it holds, says so
+(``/readyz`` ``copy.state`` is ``no_peer``, one warning line), and copies as soon as a ready peer holds settled
+rooms that differ from its own (if they match, it is complete: ``done``).
 
 The ``DigestVerifier`` compares this replica's digests with each ready peer's every ``HISTORY_VERIFY_INTERVAL_S`` and
 exports the rooms that differ as ``durable_chat_history_digest_mismatched_rooms{peer}``; a room whose newest id is
@@ -49,6 +51,10 @@ _TIMEOUT = httpx.Timeout(10.0, read=60.0)
 
 class PeerError(Exception):
     """A peer did not answer, answered an error, or cut a stream short."""
+
+
+class CopyFailed(Exception):
+    """Every ready peer failed the copy while still answering /readyz: try again later, unready meanwhile."""
 
 
 @dataclass(slots=True)
@@ -205,6 +211,10 @@ class Copier:
             await self._consuming.wait()  # consume first: everything from now on arrives on our queue
             try:
                 copied = await self._copy_round()
+            except CopyFailed:
+                self.status.state = "copying"
+                await asyncio.sleep(_NO_PEER_POLL_S)
+                continue
             except Exception as exc:  # a store write failed (disk full): stay unready, try again
                 log.error("copy failed writing to this replica's store; retrying", error=repr(exc)[:300])
                 self.status.state = "copying"
@@ -278,7 +288,12 @@ class Copier:
                         if not await self._client.ready(url):
                             break
                         await asyncio.sleep(0.5 * attempt)
-            log.error("copy failed from every ready peer; serving what this replica holds",
+            still_ready = [ordinal for ordinal, _ in await self._ready_peers()]
+            if still_ready:  # they answer, yet the copy fails (a refused token?): never serve a partial copy
+                log.error("copy failed from every ready peer; not ready, retrying", peers=still_ready,
+                          messages=self.status.messages, retry_in_s=_NO_PEER_POLL_S)
+                raise CopyFailed("every ready peer failed")
+            log.error("copy failed and no peer is ready any more; serving what this replica holds",
                       peers=[ordinal for ordinal, _ in peers], messages=self.status.messages)
             self.status.state = "no_peer"
             return False

@@ -3,9 +3,12 @@ storage (two stores fed the same messages in different orders end equal), and th
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import itertools
 import random
+import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -22,10 +25,19 @@ from services.common.topology import (
     history_queue_arguments,
     history_queues,
 )
+from services.history import replication
+from services.history.metrics import HistoryMetrics
 from services.history.query import QueryError, parse_digest_query, parse_export_query
-from services.history.replication import PeerClient, differing_rooms, settled_mismatches
+from services.history.replication import (
+    Copier,
+    CopyFailed,
+    PeerClient,
+    PeerError,
+    differing_rooms,
+    settled_mismatches,
+)
 from services.history.settings import HistorySettings, load_config, ordinal_from_hostname
-from services.history.store import ExportPosition, MessageStore, RoomDigest, id_hash
+from services.history.store import ExportPosition, MessageStore, RoomDigest, ThreadedStore, id_hash
 
 ids = UlidGenerator()
 
@@ -305,3 +317,81 @@ def test_replicas_call_each_other_with_a_token_their_peers_accept() -> None:
     authorization = PeerClient(HistorySettings(replica=1, auth_secret=secret))._headers()["Authorization"]
     assert TokenVerifier(secret=secret).subject(bearer_token(authorization, None)) == "history-1"
     assert PeerClient(HistorySettings(replica=1))._headers() == {}  # anonymous mode: no token
+
+
+# --- the copier's decisions, with a fake peer and a real store ---------------------------------------------------
+
+
+class FakePeer:
+    """A peer whose readiness and digests the test sets; its export always fails, like a peer refusing our token."""
+
+    def __init__(self, ready: bool, digests: dict[str, RoomDigest]) -> None:
+        self.is_ready = ready
+        self.digest_map = digests
+        self.exports = 0
+
+    async def ready(self, url: str) -> bool:
+        return self.is_ready
+
+    async def progress(self, url: str) -> dict[str, object]:
+        return {"boot": "B", "received": 0, "settled": 0}
+
+    async def digests(self, url: str) -> dict[str, RoomDigest]:
+        return self.digest_map
+
+    async def export(self, url: str, position: ExportPosition) -> AsyncIterator[bytes]:
+        self.exports += 1
+        raise PeerError("401 unauthorized")
+        yield b""  # an async generator
+
+    async def aclose(self) -> None:
+        return None
+
+
+def _copier(tmp_path: Path, peer: FakePeer) -> tuple[Copier, ThreadedStore]:
+    settings = HistorySettings(replica=0, peers="http://h0:1,http://h1:1")
+    store = ThreadedStore(str(tmp_path))
+    attached = asyncio.Event()
+    attached.set()
+    copier = Copier(store, settings, HistoryMetrics.create(), attached)
+    copier._client = peer  # type: ignore[assignment]
+    return copier, store
+
+
+async def test_a_copy_that_every_ready_peer_fails_never_makes_the_replica_ready(tmp_path: Path) -> None:
+    peer = FakePeer(ready=True, digests={"r": _digest("r", ids.mint()[0])})
+    copier, store = _copier(tmp_path, peer)
+    async with store:
+        with pytest.raises(CopyFailed):
+            await copier._copy_round()
+        assert peer.exports == 3 and not copier.status.serving
+        peer.is_ready = False  # now no peer answers: serve what we hold, and say so
+        assert await copier._copy_round() is False
+        assert copier.status.state == "no_peer" and copier.status.serving
+
+
+async def test_a_replica_without_a_copy_turns_complete_when_a_ready_peer_holds_the_same(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(replication, "_NO_PEER_POLL_S", 0.01)
+    old_id = encode_ulid(int(time.time() * 1000) - 120_000, 1)
+    peer = FakePeer(ready=False, digests={"r": _digest("r", old_id)})
+    copier, store = _copier(tmp_path, peer)
+    async with store:
+        await store.write([(m, m.to_wire()) for m in [ChatMessage(old_id, "O", "r", "ann", "t", 1)]])
+        task = asyncio.create_task(copier.run())
+        try:
+            for _ in range(200):
+                if copier.status.state == "no_peer":
+                    break
+                await asyncio.sleep(0.01)
+            assert copier.status.state == "no_peer"
+            peer.is_ready = True
+            for _ in range(200):
+                if copier.status.state == "done":
+                    break
+                await asyncio.sleep(0.01)
+            assert copier.status.state == "done" and peer.exports == 0  # equal: no copy, never unready
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
