@@ -198,7 +198,7 @@ async def import_messages(request: Request) -> Response:
     try:
         async for line_number, line in _numbered_lines(request.stream()):
             try:
-                batch.append((ChatMessage.from_wire(line), line))
+                batch.append(_stored_form(line))
             except InvalidMessage as exc:
                 raise QueryError("bad_message", f"line {line_number}: {exc}"[:300]) from None
             received += 1
@@ -214,6 +214,17 @@ async def import_messages(request: Request) -> Response:
         stored += len((await service.store.write(batch)).stored)
     log.info("messages imported", received=received, stored=stored)
     return JSONResponse({"received": received, "stored": stored})
+
+
+def _stored_form(line: bytes) -> tuple[ChatMessage, bytes]:
+    """The message and its body as stored: compact JSON, every field kept (page reads find `"id":"` in it)."""
+    try:
+        data = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidMessage(f"not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidMessage("not a JSON object")
+    return ChatMessage.from_dict(data), orjson.dumps(data)
 
 
 async def _numbered_lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[tuple[int, bytes]]:

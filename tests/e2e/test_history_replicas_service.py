@@ -8,6 +8,7 @@ periodic verify names rooms that differ; export and import move a room between r
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import shutil
 import time
@@ -211,6 +212,12 @@ def test_export_resumes_after_a_room_and_id_and_import_is_idempotent(
     assert digest(target.url) == digest(source.url)
     again = httpx.post(f"{target.url}/import", content=b"\n".join(everything), timeout=30).json()
     assert again == {"received": len(everything), "stored": 0}
+    # A body written with spaces (json.dumps) is stored compact, so pages over it still resume by id.
+    spaced = old_messages(3, age_s=300)[2]
+    loose = json.dumps(orjson.loads(spaced.to_wire())).encode()
+    assert httpx.post(f"{target.url}/import", content=loose, timeout=10).json() == {"received": 1, "stored": 1}
+    pages = httpx.get(f"{target.url}/rooms/{spaced.room}/messages", params={"limit": "1"}, timeout=10)
+    assert pages.status_code == 200 and pages.json()[0]["id"] == spaced.id
     broken = httpx.post(f"{target.url}/import", content=everything[0] + b"\nnot json\n", timeout=10)
     assert (broken.status_code, broken.json()["error"]["code"]) == (400, "bad_message")
     assert "line 2" in broken.json()["error"]["detail"]
