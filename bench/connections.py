@@ -97,8 +97,8 @@ def run(ctx: Any) -> Report:
                 per,
                 bper,
                 "KiB",
-                "<= 30 KiB",
-                per <= 30,
+                "<= 20 KiB",  # issue 14 (was 30 KiB)
+                per <= 20,
                 higher_is_better=False,
             )
         )
