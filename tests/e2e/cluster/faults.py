@@ -54,12 +54,21 @@ class Run:
 Fault = Callable[[Run], Awaitable[None]]
 
 
+PRESENCE_LINK = "durable-chat-presence-"
+
+
 def broker_nodes(service: ServiceProcess) -> list[str]:
-    """The broker addresses the service connected to, in order, from its ``broker node`` log lines."""
+    """The broker addresses the service's message link connected to, in order, from its ``broker node`` log lines.
+
+    A chat replica's presence runs on a second connection of its own, which may sit on another node: a fault aimed
+    at the node carrying messages must not pick that one.
+    """
     nodes = []
     for line in service.log_path.read_text(errors="replace").splitlines():
         if '"broker node"' in line:
-            nodes.append(json.loads(line)["node"].split(":")[0])
+            record = json.loads(line)
+            if not str(record.get("link", "")).startswith(PRESENCE_LINK):
+                nodes.append(record["node"].split(":")[0])
     return nodes
 
 
