@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import TypeVar
 
 import orjson
 import structlog
@@ -30,6 +31,7 @@ _CHUNK = 500
 _EXPORT_CHUNK = 2000
 _IMPORT_BATCH = 1000
 MAX_IMPORT_LINE_BYTES = 1 << 20
+Query = TypeVar("Query")  # what a streamed endpoint's query parses to: a room (digest), a position (export)
 
 
 def _service(request: Request) -> HistoryService:
@@ -133,16 +135,25 @@ async def _as_ndjson(chunks: AsyncIterator[list[bytes]]) -> AsyncIterator[bytes]
             yield b"\n".join(chunk) + b"\n"
 
 
-async def digest(request: Request) -> Response:
-    """NDJSON, one line per room in room order: count, first and last id, hash (whatever the readiness)."""
+async def _ndjson_stream(
+    request: Request,
+    parse: Callable[[Mapping[str, str]], Query],
+    lines: Callable[[HistoryService, Query], AsyncIterator[bytes]],
+) -> Response:
+    """An authorized NDJSON stream of ``lines`` for the parsed query (whatever the readiness); a bad query: 400."""
     service = _service(request)
     if (refusal := _unauthorized(request, service)) is not None:
         return refusal
     try:
-        room = parse_digest_query(single_values(request.query_params.multi_items()))
+        query = parse(single_values(request.query_params.multi_items()))
     except QueryError as exc:
         return _refused(request, 400, exc.code, exc.detail)
-    return StreamingResponse(_digest_lines(service, room), media_type=NDJSON)
+    return StreamingResponse(lines(service, query), media_type=NDJSON)
+
+
+async def digest(request: Request) -> Response:
+    """NDJSON, one line per room in room order: count, first and last id, hash (whatever the readiness)."""
+    return await _ndjson_stream(request, parse_digest_query, _digest_lines)
 
 
 async def _digest_lines(service: HistoryService, room: str | None) -> AsyncIterator[bytes]:
@@ -158,14 +169,7 @@ async def _digest_lines(service: HistoryService, room: str | None) -> AsyncItera
 
 async def export(request: Request) -> Response:
     """NDJSON of the stored bodies in (room, id) order, strictly after (from_room, after); ``room``: one room."""
-    service = _service(request)
-    if (refusal := _unauthorized(request, service)) is not None:
-        return refusal
-    try:
-        position = parse_export_query(single_values(request.query_params.multi_items()))
-    except QueryError as exc:
-        return _refused(request, 400, exc.code, exc.detail)
-    return StreamingResponse(_export_lines(service, position), media_type=NDJSON)
+    return await _ndjson_stream(request, parse_export_query, _export_lines)
 
 
 async def _export_lines(service: HistoryService, position: ExportPosition) -> AsyncIterator[bytes]:

@@ -13,23 +13,15 @@ import pytest
 
 from tests.cli.test_cli import cli
 from tests.support.history import import_into, minted
-from tests.support.procs import ServiceProcess, history_replicas
+from tests.support.procs import ServiceProcess, running_history_replicas
 
 
 @pytest.fixture
 def replicas(vhost_url: str, tmp_path: Path) -> Iterator[list[ServiceProcess]]:
-    processes = history_replicas(vhost_url, tmp_path, 2)
-    try:
-        for process in processes:
-            process.start(wait_ready=False)
-        for process in processes:
-            process.wait_ready()
+    with running_history_replicas(vhost_url, tmp_path, 2) as processes:
         for process in processes:  # started together, each copies from the other once that one is ready
             copy_done(process)
         yield processes
-    finally:
-        for process in processes:
-            process.kill()
 
 
 def copy_done(process: ServiceProcess, timeout: float = 30) -> None:

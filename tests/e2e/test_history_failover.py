@@ -12,23 +12,15 @@ import pytest
 from services.chat.catchup import QueueStats
 from services.chat.history_client import HistoryClient, HistoryUnavailable
 from tests.support.history import import_into, minted
-from tests.support.procs import ServiceProcess, history_replicas
+from tests.support.procs import ServiceProcess, running_history_replicas
 
 QUEUES = ["chat.history", "chat.history.1"]
 
 
 @pytest.fixture
 def replicas(vhost_url: str, tmp_path: Path) -> Iterator[list[ServiceProcess]]:
-    processes = history_replicas(vhost_url, tmp_path, 2)
-    try:
-        for process in processes:
-            process.start(wait_ready=False)
-        for process in processes:
-            process.wait_ready()
+    with running_history_replicas(vhost_url, tmp_path, 2) as processes:
         yield processes
-    finally:
-        for process in processes:
-            process.kill()
 
 
 async def store_on_both(replicas: list[ServiceProcess], room: str, count: int) -> list[str]:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -130,6 +132,21 @@ def history_replicas(
         )
         for ordinal, port in enumerate(ports)
     ]
+
+
+@contextlib.contextmanager
+def running_history_replicas(amqp_url: str, workdir: Path, count: int) -> Iterator[list[ServiceProcess]]:
+    """``history_replicas`` started together (each may copy from the others), ready; killed on the way out."""
+    processes = history_replicas(amqp_url, workdir, count)
+    try:
+        for process in processes:
+            process.start(wait_ready=False)
+        for process in processes:
+            process.wait_ready()
+        yield processes
+    finally:
+        for process in processes:
+            process.kill()
 
 
 @dataclass

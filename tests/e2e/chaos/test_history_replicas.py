@@ -7,8 +7,11 @@ replica's content, and equal digests on every replica.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import pytest
 
@@ -16,6 +19,7 @@ from tests.e2e.chaos.conftest import MakeTopology, metric, vhost_of
 from tests.e2e.chaos.invariant import REPORT, check, settle
 from tests.e2e.chaos.load import ChaosLoad
 from tests.e2e.chaos.replicas import (
+    Readiness,
     ReadOutcomes,
     Reconnects,
     equal_digests,
@@ -48,17 +52,61 @@ def _no_failed_reads(outcomes: ReadOutcomes) -> None:
     assert outcomes.chat_unavailable == 0, outcomes.line()
 
 
+@dataclass
+class _Scenario:
+    fault: str
+    started: float
+    topology: LocalTopology
+    load: ChaosLoad
+
+    async def finish(self, extra: str, *, reads_never_fail: bool = True) -> None:
+        """What the reads got, the invariant and digests (`_finish`), then the figures line."""
+        outcomes = await asyncio.to_thread(ReadOutcomes.of, self.load, self.topology)
+        await _finish(self.fault, self.load, self.topology)
+        if reads_never_fail:
+            _no_failed_reads(outcomes)
+        _report(self.fault, self.started, outcomes, extra)
+
+    async def finish_after_copy(self, reconnects: Reconnects, ready: Readiness, held: int, held_by: str) -> None:
+        """`finish`, once the copied replica is known to have been ready only when it held the ``held`` messages its
+        peers held when it (re)started."""
+        assert ready.count_at_ready >= held, f"ready before it held what its peers held when it started ({held_by})"
+        await self.finish(f"reconnects={reconnects.count} {held_by}={held} ready_in={ready.seconds:.1f}s "
+                          f"copying_seen={ready.copying_seen} count_at_ready={ready.count_at_ready}")
+
+
+@contextlib.asynccontextmanager
+async def _under_load(
+    make_topology: MakeTopology,
+    fault: str,
+    room: str,
+    acked: int,
+    *,
+    acked_timeout: float = 60,
+    history_replicas: int = 2,
+    env: dict[str, str] | None = None,
+    readers: int = 3,
+) -> AsyncIterator[_Scenario]:
+    """A started topology under a steady load (4 senders) that has had ``acked`` messages acked; the load is shut
+    down on the way out."""
+    started = time.monotonic()
+    topology = make_topology(env, history_replicas=history_replicas)
+    await asyncio.to_thread(topology.start)
+    load = ChaosLoad([c.ws_url for c in topology.chats], room, senders=4, readers=readers)
+    try:
+        await load.start()
+        await load.wait_acked(acked, timeout=acked_timeout)
+        yield _Scenario(fault, started, topology, load)
+    finally:
+        await load.shutdown()
+
+
 # ---- replica 0 SIGKILLed, its data deleted: it copies everything back from replica 1 ---------------------------
 
 
 async def replica_wiped(make_topology: MakeTopology, before: int, fault: str) -> None:
-    started = time.monotonic()
-    topology = make_topology(history_replicas=2)
-    await asyncio.to_thread(topology.start)
-    load = ChaosLoad([c.ws_url for c in topology.chats], f"wipe{before}", senders=4, readers=3)
-    try:
-        await load.start()
-        await load.wait_acked(before, timeout=300)
+    async with _under_load(make_topology, fault, f"wipe{before}", before, acked_timeout=300) as scenario:
+        topology, load = scenario.topology, scenario.load
         async with Reconnects(load) as reconnects:
             wiped = topology.histories[0]
             wiped.kill()
@@ -67,15 +115,7 @@ async def replica_wiped(make_topology: MakeTopology, before: int, fault: str) ->
             await asyncio.to_thread(wiped.start, False)
             ready = await wait_ready_after_copy(wiped, load.room)
             await asyncio.sleep(1)
-        assert ready.count_at_ready >= held, "ready before it held what its peer held when it came back"
-        outcomes = await asyncio.to_thread(ReadOutcomes.of, load, topology)
-        await _finish(fault, load, topology)
-        _no_failed_reads(outcomes)
-        _report(fault, started, outcomes,
-                f"reconnects={reconnects.count} held_by_peer={held} ready_in={ready.seconds:.1f}s "
-                f"copying_seen={ready.copying_seen} count_at_ready={ready.count_at_ready}")
-    finally:
-        await load.shutdown()
+        await scenario.finish_after_copy(reconnects, ready, held, "held_by_peer")
 
 
 async def test_a_wiped_replica_copies_from_its_peer_and_reads_never_fail(make_topology: MakeTopology) -> None:
@@ -91,27 +131,16 @@ async def test_a_wiped_replica_with_a_large_store_copies_from_its_peer(make_topo
 
 
 async def replicas_killed_in_turn(make_topology: MakeTopology, cycles: int, fault: str) -> None:
-    started = time.monotonic()
-    topology = make_topology(history_replicas=2)
-    await asyncio.to_thread(topology.start)
-    load = ChaosLoad([c.ws_url for c in topology.chats], f"turns{cycles}", senders=4, readers=3)
-    try:
-        await load.start()
-        await load.wait_acked(100)
-        async with Reconnects(load) as reconnects:
+    async with _under_load(make_topology, fault, f"turns{cycles}", 100) as scenario:
+        async with Reconnects(scenario.load) as reconnects:
             for cycle in range(cycles):
-                victim = topology.histories[cycle % 2]
+                victim = scenario.topology.histories[cycle % 2]
                 await asyncio.sleep(0.5 + 0.3 * (cycle % 3))
                 victim.kill()
                 await asyncio.sleep(0.5 + 0.5 * (cycle % 2))
                 await asyncio.to_thread(victim.start)  # ready again before the other one goes
             await asyncio.sleep(1)
-        outcomes = await asyncio.to_thread(ReadOutcomes.of, load, topology)
-        await _finish(fault, load, topology)
-        _no_failed_reads(outcomes)
-        _report(fault, started, outcomes, f"reconnects={reconnects.count}")
-    finally:
-        await load.shutdown()
+        await scenario.finish(f"reconnects={reconnects.count}")
 
 
 async def test_replicas_killed_in_turn_no_client_sees_history_unavailable(make_topology: MakeTopology) -> None:
@@ -127,13 +156,8 @@ async def test_replicas_killed_in_turn_many_times(make_topology: MakeTopology) -
 
 
 async def replica_added(make_topology: MakeTopology, before: int, fault: str) -> None:
-    started = time.monotonic()
-    topology = make_topology(history_replicas=2)
-    await asyncio.to_thread(topology.start)
-    load = ChaosLoad([c.ws_url for c in topology.chats], f"grow{before}", senders=4, readers=3)
-    try:
-        await load.start()
-        await load.wait_acked(before, timeout=300)
+    async with _under_load(make_topology, fault, f"grow{before}", before, acked_timeout=300) as scenario:
+        topology, load = scenario.topology, scenario.load
         async with Reconnects(load) as reconnects:
             added = topology.add_history()
             held = await room_count(topology.histories[0].url, load.room)
@@ -144,15 +168,7 @@ async def replica_added(make_topology: MakeTopology, before: int, fault: str) ->
                 await asyncio.to_thread(chat.terminate)
                 await asyncio.to_thread(chat.start)
             await asyncio.sleep(1)
-        assert ready.count_at_ready >= held, "ready before it held what its peers held when it started"
-        outcomes = await asyncio.to_thread(ReadOutcomes.of, load, topology)
-        await _finish(fault, load, topology)
-        _no_failed_reads(outcomes)
-        _report(fault, started, outcomes,
-                f"reconnects={reconnects.count} held_by_peers={held} ready_in={ready.seconds:.1f}s "
-                f"copying_seen={ready.copying_seen} count_at_ready={ready.count_at_ready}")
-    finally:
-        await load.shutdown()
+        await scenario.finish_after_copy(reconnects, ready, held, "held_by_peers")
 
 
 async def test_a_replica_added_under_load_is_ready_only_after_its_copy(make_topology: MakeTopology) -> None:
@@ -170,15 +186,11 @@ async def test_a_replica_added_to_a_large_store(make_topology: MakeTopology) -> 
 async def replica_removed(
     make_topology: MakeTopology, rabbit: PrivateRabbit, vhost_url: str, expires_s: int, fault: str
 ) -> None:
-    started = time.monotonic()
-    topology = make_topology({"AMQP_HISTORY_QUEUE_EXPIRES_S": str(expires_s)}, history_replicas=2)
-    await asyncio.to_thread(topology.start)
-    load = ChaosLoad([c.ws_url for c in topology.chats], f"shrink{expires_s}", senders=4, readers=2)
     orphan = "chat.history.1"
     gauge = f'queue="{orphan}"'
-    try:
-        await load.start()
-        await load.wait_acked(100)
+    async with _under_load(make_topology, fault, f"shrink{expires_s}", 100, readers=2,
+                           env={"AMQP_HISTORY_QUEUE_EXPIRES_S": str(expires_s)}) as scenario:
+        topology = scenario.topology
         # The chat replicas first rolled onto one history replica (AMQP_HISTORY_REPLICAS=1, one URL), then
         # replica 1 stopped: from then on only their watch beyond the configured count sees chat.history.1.
         for chat in topology.chats:
@@ -205,13 +217,9 @@ async def replica_removed(
         assert max(backlog_seen) > 0, "the orphan queue's backlog was not visible"
         await asyncio.sleep(2.5)  # a poll or two after the expiry: the series is gone, not stale
         assert await asyncio.to_thread(metric, chat.url, "durable_chat_history_queue_consumers", gauge) is None
-        outcomes = await asyncio.to_thread(ReadOutcomes.of, load, topology)
-        await _finish(fault, load, topology)
-        _report(fault, started, outcomes,
-                f"orphan expired {expired_after:.1f}s after removal (x-expires {expires_s}s), "
-                f"backlog seen up to {max(backlog_seen):.0f}, polls with 0 consumers={len(consumers_seen)}")
-    finally:
-        await load.shutdown()
+        await scenario.finish(f"orphan expired {expired_after:.1f}s after removal (x-expires {expires_s}s), "
+                              f"backlog seen up to {max(backlog_seen):.0f}, "
+                              f"polls with 0 consumers={len(consumers_seen)}", reads_never_fail=False)
 
 
 def _queue_exists(rabbit: PrivateRabbit, vhost_url: str, queue: str) -> bool:
@@ -238,13 +246,10 @@ async def test_scale_down_with_a_longer_expiry(
 async def upgraded_from_v1(
     make_topology: MakeTopology, rabbit: PrivateRabbit, vhost_url: str, before: int, fault: str
 ) -> None:
-    started = time.monotonic()
-    topology = make_topology()  # v1: one history, none of the replica settings
-    await asyncio.to_thread(topology.start)
-    load = ChaosLoad([c.ws_url for c in topology.chats], f"v1up{before}", senders=4, readers=3)
-    try:
-        await load.start()
-        await load.wait_acked(before, timeout=300)
+    # v1: one history, none of the replica settings
+    async with _under_load(make_topology, fault, f"v1up{before}", before, acked_timeout=300,
+                           history_replicas=1) as scenario:
+        topology, load = scenario.topology, scenario.load
         v1 = topology.history
         held_by_v1 = await room_count(v1.url, load.room)
         async with Reconnects(load) as reconnects:
@@ -263,13 +268,8 @@ async def upgraded_from_v1(
             await asyncio.sleep(1)
         assert ready.count_at_ready >= held_by_v1
         assert await asyncio.to_thread(_queue_exists, rabbit, vhost_url, "chat.history")
-        outcomes = await asyncio.to_thread(ReadOutcomes.of, load, topology)
-        await _finish(fault, load, topology)
-        _no_failed_reads(outcomes)
-        _report(fault, started, outcomes,
-                f"reconnects={reconnects.count} held_by_v1={held_by_v1} replica1_ready_in={ready.seconds:.1f}s")
-    finally:
-        await load.shutdown()
+        await scenario.finish(
+            f"reconnects={reconnects.count} held_by_v1={held_by_v1} replica1_ready_in={ready.seconds:.1f}s")
 
 
 async def test_a_v1_deployment_upgrades_to_two_replicas_with_its_data(

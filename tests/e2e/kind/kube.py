@@ -3,7 +3,7 @@ cluster tests/e2e/kind/run.sh made, pods and their readiness, NodePort Services 
 fault under steady load ending with the chaos checker.
 
 run.sh sets DURABLE_CHAT_KIND_CONTEXT, _NAMESPACE, _RELEASE, KUBECTL and HELM; without them every kind test skips with
-the reason `skip_reason()` gives.
+the reason `skip_reason()` gives (`cluster_test_marks()`).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.e2e.chaos.invariant import Figures, check, settle
 from tests.e2e.chaos.load import ChaosLoad
@@ -46,6 +47,14 @@ def skip_reason() -> str | None:
     if probe.returncode != 0:
         return f"cluster {CONTEXT} has no durable-chat release {RELEASE} in {NAMESPACE}: {probe.stderr.strip()}"
     return None
+
+
+def cluster_test_marks() -> list[pytest.MarkDecorator]:
+    """A cluster test module's ``pytestmark``: kind and e2e, and skipped with `skip_reason()` when it has one."""
+    marks = [pytest.mark.kind, pytest.mark.e2e]
+    if reason := skip_reason():
+        marks.append(pytest.mark.skip(reason=reason))
+    return marks
 
 
 def run(args: list[str], timeout: float) -> str:

@@ -18,8 +18,6 @@ import asyncio
 import json
 from collections.abc import Callable
 
-import pytest
-
 from tests.e2e.chaos.load import ChaosLoad
 from tests.e2e.kind.kube import (
     CHART,
@@ -30,19 +28,17 @@ from tests.e2e.kind.kube import (
     RELEASE,
     ROLL_TIMEOUT_S,
     Cluster,
+    cluster_test_marks,
     helm,
     kubectl,
     pods,
-    skip_reason,
     under_load,
     wait_gone,
     wait_http,
     wait_replaced,
 )
 
-pytestmark = [pytest.mark.kind, pytest.mark.e2e]
-if reason := skip_reason():
-    pytestmark.append(pytest.mark.skip(reason=reason))
+pytestmark = cluster_test_marks()
 
 
 def closed_by_restart(load: ChaosLoad) -> list[str]:

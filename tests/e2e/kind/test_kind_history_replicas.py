@@ -31,21 +31,19 @@ from tests.e2e.kind.kube import (
     RELEASE,
     ROLL_TIMEOUT_S,
     Cluster,
+    cluster_test_marks,
     expose,
     helm,
     kubectl,
     node_address,
     pods,
-    skip_reason,
     under_load,
     wait_gone,
     wait_http,
     wait_replaced,
 )
 
-pytestmark = [pytest.mark.kind, pytest.mark.e2e]
-if reason := skip_reason():
-    pytestmark.append(pytest.mark.skip(reason=reason))
+pytestmark = cluster_test_marks()
 
 POD_NAME_LABEL = "statefulset.kubernetes.io/pod-name"
 
