@@ -108,6 +108,31 @@ class ChatClient:
         await self.ws.send(orjson.dumps({"type": "send", "text": text, "client_id": client_id}).decode())
         return client_id
 
+    async def send_acked(self, texts: Sequence[str], timeout: float = 60) -> list[str]:
+        """Send each text and return the acknowledged ids in order. A send answered ``publish_failed`` (the broker
+        did not confirm in time: a fresh node under load) is resent with the same client_id, as the protocol says."""
+        client_ids = [await self.send(text) for text in texts]
+        sent = dict(zip(client_ids, texts, strict=True))
+        deadline = asyncio.get_running_loop().time() + timeout
+        while pending := {client_id for client_id in client_ids if client_id not in self.acks}:
+            for client_id in self._take_publish_failures(pending):
+                await self.send(sent[client_id], client_id)
+            remaining = deadline - asyncio.get_running_loop().time()
+            await self.wait_for(
+                lambda: pending <= self.acks.keys() or self._publish_failed(pending),
+                timeout=max(0.0, remaining),
+            )
+        return [self.acks[client_id] for client_id in client_ids]
+
+    def _publish_failed(self, client_ids: set[str]) -> bool:
+        return any(e.get("code") == "publish_failed" and e.get("client_id") in client_ids for e in self.errors)
+
+    def _take_publish_failures(self, client_ids: set[str]) -> set[str]:
+        """Take the ``publish_failed`` errors of these client_ids off ``errors``; return their client_ids."""
+        taken = [e for e in self.errors if e.get("code") == "publish_failed" and e.get("client_id") in client_ids]
+        self.errors = [e for e in self.errors if e not in taken]
+        return {e["client_id"] for e in taken}
+
     async def send_typing(self) -> None:
         await self.ws.send('{"type":"typing"}')
 

@@ -41,9 +41,7 @@ class GapScenario:
         sender = self.sender
         if sender.connections == 0:
             await sender.connect(self.sender_replica)
-        client_ids = [await sender.send(f"{label} {i:02d}") for i in range(count)]
-        await sender.wait_for(lambda: all(c in sender.acks for c in client_ids), timeout=60)
-        return [sender.acks[c] for c in client_ids]
+        return await sender.send_acked([f"{label} {i:02d}" for i in range(count)])
 
     async def miss_while_away(self) -> None:
         """The 50 messages the absent client misses, stored by history before it goes down."""
