@@ -17,6 +17,7 @@ from typing import Any
 from bench.common import Report, Row, log, median, run_loadgen, topology, workdir
 from bench.ingest import drain_with_history, fill_backlog, history_process
 from bench.loadgen import PRIVATE_NET_ENV
+from bench.publish import durable_chat_spec
 from tests.e2e.cluster.cluster import RabbitCluster
 
 SINGLE, CLUSTER = "single node", "3-node cluster"
@@ -26,16 +27,9 @@ def _publish(ctx: Any, amqp: str, senders: int, warmup: float, duration: float, 
     topo = topology(amqp, workdir(f"cluster-publish-{tag}"))
     try:
         topo.start()
-        spec = {
-            "mode": "publish",
-            "urls": [c.ws_url for c in topo.chats],
-            "senders": senders,
-            "inflight": 2,
-            "room": "pub",
-            "warmup": warmup,
-            "duration": duration,
-            "cpu_groups": {"replicas": [c.pid for c in topo.chats]},
-        }
+        spec = durable_chat_spec(
+            [c.ws_url for c in topo.chats], senders, warmup, duration, {"replicas": [c.pid for c in topo.chats]}
+        )
         return run_loadgen(spec, ctx.logs / "loadgen.log", 180)
     finally:
         topo.stop()

@@ -13,6 +13,22 @@ from typing import Any
 from bench.common import Report, Row, log, median, run_loadgen, topology, workdir
 
 
+def durable_chat_spec(
+    urls: list[str], senders: int, warmup: float, duration: float, cpu_groups: dict[str, list[int]]
+) -> dict[str, Any]:
+    """The load generator's publish load on durable-chat: each sender keeps 2 sends unacknowledged."""
+    return {
+        "mode": "publish",
+        "urls": urls,
+        "senders": senders,
+        "inflight": 2,
+        "room": "pub",
+        "warmup": warmup,
+        "duration": duration,
+        "cpu_groups": cpu_groups,
+    }
+
+
 def run(ctx: Any) -> Report:
     senders = 40 if ctx.quick else 100
     warmup, duration = (1.0, 3.0) if ctx.quick else (2.0, 8.0)
@@ -42,16 +58,7 @@ def run(ctx: Any) -> Report:
                 "duration": duration,
                 "cpu_groups": groups,
             },
-            "durable-chat": {
-                "mode": "publish",
-                "urls": [c.ws_url for c in topo.chats],
-                "senders": senders,
-                "inflight": 2,
-                "room": "pub",
-                "warmup": warmup,
-                "duration": duration,
-                "cpu_groups": groups,
-            },
+            "durable-chat": durable_chat_spec([c.ws_url for c in topo.chats], senders, warmup, duration, groups),
         }
         results: dict[str, list[dict[str, Any]]] = {name: [] for name in specs}
         for rep in range(ctx.repeats):

@@ -39,6 +39,17 @@ class InvalidMessage(ValueError):
     """A broker or store payload that is not a readable message."""
 
 
+
+def json_object(body: bytes | str) -> dict[str, Any]:
+    """``body`` parsed as a JSON object, or ``InvalidMessage`` saying why not."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidMessage(f"not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidMessage("not a JSON object")
+    return data
+
 @dataclass(frozen=True, slots=True)
 class ChatMessage:
     id: str
@@ -74,13 +85,7 @@ class ChatMessage:
 
     @classmethod
     def from_wire(cls, body: bytes | str) -> ChatMessage:
-        try:
-            data = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise InvalidMessage(f"not JSON: {exc}") from None
-        if not isinstance(data, dict):
-            raise InvalidMessage("not a JSON object")
-        return cls.from_dict(data)
+        return cls.from_dict(json_object(body))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ChatMessage:

@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 
 from services.common.auth import Unauthorized, bearer_token
 from services.common.http import error_response
-from services.common.schema import ChatMessage, InvalidMessage
+from services.common.schema import ChatMessage, InvalidMessage, json_object
 from services.history.query import (
     QueryError,
     parse_digest_query,
@@ -222,12 +222,7 @@ async def import_messages(request: Request) -> Response:
 
 def _stored_form(line: bytes) -> tuple[ChatMessage, bytes]:
     """The message and its body as stored: compact JSON, every field kept (page reads find `"id":"` in it)."""
-    try:
-        data = orjson.loads(line)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidMessage(f"not JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise InvalidMessage("not a JSON object")
+    data = json_object(line)
     return ChatMessage.from_dict(data), orjson.dumps(data)
 
 

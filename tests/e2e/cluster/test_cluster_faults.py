@@ -37,6 +37,13 @@ def closes_1012(run: Run) -> int:
     return sum(client.close_codes.count(1012) for client in run.load.clients)
 
 
+async def restart_under_load(run: Run, victim: int) -> None:
+    """Start a killed node again; done once every quorum member is online and the load made progress."""
+    await asyncio.to_thread(run.cluster.restart, victim)
+    await asyncio.to_thread(run.cluster.wait_online_members, run.vhost, 3)
+    await run.load.wait_acked(len(run.load.acked) + 50, timeout=120)
+
+
 def kill_quorum_leader(cycles: int, down_s: float) -> Fault:
     async def fault(run: Run) -> None:
         for _ in range(cycles):
@@ -47,9 +54,7 @@ def kill_quorum_leader(cycles: int, down_s: float) -> Fault:
                 lambda old=leader: run.cluster.queue_info(run.vhost)[0] not in ("", old), 60, "no new leader elected"
             )
             await asyncio.sleep(down_s)
-            await asyncio.to_thread(run.cluster.restart, victim)
-            await asyncio.to_thread(run.cluster.wait_online_members, run.vhost, 3)
-            await run.load.wait_acked(len(run.load.acked) + 50, timeout=120)
+            await restart_under_load(run, victim)
 
     return fault
 
@@ -68,9 +73,7 @@ def kill_replicas_node(cycles: int, down_s: float) -> Fault:
             )
             await wait_until(lambda before=closes: closes_1012(run) > before, 30, "no client was closed 1012")
             await asyncio.sleep(down_s)
-            await asyncio.to_thread(run.cluster.restart, victim)
-            await asyncio.to_thread(run.cluster.wait_online_members, run.vhost, 3)
-            await run.load.wait_acked(len(run.load.acked) + 50, timeout=120)
+            await restart_under_load(run, victim)
 
     return fault
 
