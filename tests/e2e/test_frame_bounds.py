@@ -36,12 +36,9 @@ async def burst(endpoints: Endpoints, room: str, per_sender: int = PER_SENDER) -
         await sender.connect(index)
 
     async def send_all(sender: ChatClient) -> None:
-        for n in range(per_sender):
-            # Sends are pipelined by the replica: a sender that never waits for its acks outpaces its own reading
-            # of the room on a loaded machine and is closed 1013 itself. These senders are not the ones measured.
-            await sender.wait_for(lambda n=n: n - len(sender.acks) < SENDER_IN_FLIGHT, timeout=120)
-            await sender.send(f"{n:05d}{QUOTES}", client_id=f"{sender.name}-{n}")
-        await sender.wait_for(lambda: len(sender.acks) == per_sender, timeout=120)
+        # Sends are pipelined by the replica: a sender that never waits for its acks outpaces its own reading of
+        # the room on a loaded machine and is closed 1013 itself. These senders are not the ones measured.
+        await sender.send_acked([f"{n:05d}{QUOTES}" for n in range(per_sender)], timeout=120, window=SENDER_IN_FLIGHT)
 
     try:
         await asyncio.gather(*(send_all(sender) for sender in senders))

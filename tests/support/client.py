@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import functools
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 from urllib.parse import urlencode
 
@@ -108,23 +110,29 @@ class ChatClient:
         await self.ws.send(orjson.dumps({"type": "send", "text": text, "client_id": client_id}).decode())
         return client_id
 
-    async def send_acked(self, texts: Sequence[str], timeout: float = 60) -> list[str]:
-        """Send each text and return the acknowledged ids in order. A send answered ``publish_failed`` (the broker
-        did not confirm in time: a fresh node under load) is resent with the same client_id, as the protocol says."""
-        client_ids = [await self.send(text) for text in texts]
-        sent = dict(zip(client_ids, texts, strict=True))
-        deadline = asyncio.get_running_loop().time() + timeout
-        while pending := {client_id for client_id in client_ids if client_id not in self.acks}:
-            for client_id in self._take_publish_failures(pending):
-                await self.send(sent[client_id], client_id)
-            remaining = deadline - asyncio.get_running_loop().time()
-            await self.wait_for(
-                lambda: pending <= self.acks.keys() or self._publish_failed(pending),
-                timeout=max(0.0, remaining),
-            )
+    async def send_acked(self, texts: Sequence[str], timeout: float = 60, window: int | None = None) -> list[str]:
+        """Send each text, at most ``window`` of them unacknowledged at a time (None: all at once), and return the
+        acknowledged ids in order. A send answered ``publish_failed`` (the broker did not confirm in time: a fresh
+        node under load) is resent with the same client_id, as the protocol says. ``timeout`` bounds the wait for
+        each ack or failure, not the whole."""
+        client_ids = [f"c{next(_client_ids)}" for _ in texts]
+        text_of = dict(zip(client_ids, texts, strict=True))
+        unsent = collections.deque(client_ids)
+        in_flight: set[str] = set()
+        while unsent or in_flight:
+            in_flight -= self.acks.keys()
+            for client_id in self._take_publish_failures(in_flight):
+                await self.send(text_of[client_id], client_id)
+            while unsent and len(in_flight) < (window or len(client_ids)):
+                in_flight.add(await self.send(text_of[unsent[0]], unsent.popleft()))
+            await self.wait_for(functools.partial(self._answered_any, frozenset(in_flight)), timeout)
         return [self.acks[client_id] for client_id in client_ids]
 
-    def _publish_failed(self, client_ids: set[str]) -> bool:
+    def _answered_any(self, client_ids: frozenset[str]) -> bool:
+        """Whether any of these sends was acknowledged or refused ``publish_failed`` (or none is waiting)."""
+        return not client_ids or not client_ids.isdisjoint(self.acks.keys()) or self._publish_failed(client_ids)
+
+    def _publish_failed(self, client_ids: Collection[str]) -> bool:
         return any(e.get("code") == "publish_failed" and e.get("client_id") in client_ids for e in self.errors)
 
     def _take_publish_failures(self, client_ids: set[str]) -> set[str]:
@@ -147,10 +155,18 @@ class ChatClient:
         while not predicate():
             remaining = deadline - asyncio.get_running_loop().time()
             if remaining <= 0:
-                raise TimeoutError("condition not met in time")
+                raise TimeoutError(f"condition not met in {timeout:g} s: {self.describe()}")
             self._changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), min(remaining, 0.5))
+
+    def describe(self) -> str:
+        """The client's state in one line, for a test that gave up waiting on it."""
+        errors = [error.get("code") for error in self.errors[-5:]]
+        return (
+            f"{self.name or 'client'} in {self.room!r}: {self.connections} connections, close codes "
+            f"{self.close_codes}, {len(self.acks)} acks, {len(self.messages)} messages, last errors {errors}"
+        )
 
     async def wait_closed(self, timeout: float = 30) -> int | None:
         assert self._reader is not None
