@@ -57,9 +57,15 @@ class ChatClient:
         self._connect_cursor: str | None = None
         self.close_codes: list[int | None] = []
         self.connections = 0
+        self.index = 0  # the replica of the last connect
         self._ws: ClientConnection | None = None
         self._reader: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
+
+    @property
+    def disconnected(self) -> bool:
+        """Whether the last connection has closed (its reader saw the close)."""
+        return self._reader is not None and self._reader.done()
 
     @property
     def ws(self) -> ClientConnection:
@@ -81,6 +87,7 @@ class ChatClient:
     async def connect(self, index: int = 0, resume: bool = False, timeout: float = 30) -> None:
         after = self.resume_cursor() if resume else None
         self._connect_cursor = after
+        self.index = index
         self.synced.clear()
         self.complete.clear()
         self._ws = await websockets.connect(self.url(index, after), max_size=2**22, open_timeout=10)
@@ -112,25 +119,36 @@ class ChatClient:
 
     async def send_acked(self, texts: Sequence[str], timeout: float = 60, window: int | None = None) -> list[str]:
         """Send each text, at most ``window`` of them unacknowledged at a time (None: all at once), and return the
-        acknowledged ids in order. A send answered ``publish_failed`` (the broker did not confirm in time: a fresh
-        node under load) is resent with the same client_id, as the protocol says. ``timeout`` bounds the wait for
-        each ack or failure, not the whole."""
+        acknowledged ids in order. As the protocol says, a send answered ``publish_failed`` (the broker did not
+        confirm in time: a fresh node under load) is resent with the same client_id, and so is every unacknowledged
+        send after the connection closed (1012: the replica lost the broker) and the client resumed on the same
+        replica. ``timeout`` bounds the wait for each ack, failure or close, not the whole."""
         client_ids = [f"c{next(_client_ids)}" for _ in texts]
         text_of = dict(zip(client_ids, texts, strict=True))
         unsent = collections.deque(client_ids)
         in_flight: set[str] = set()
         while unsent or in_flight:
             in_flight -= self.acks.keys()
-            for client_id in self._take_publish_failures(in_flight):
-                await self.send(text_of[client_id], client_id)
+            to_send = list(self._take_publish_failures(in_flight))
+            if self.disconnected:
+                await self.reconnect(self.index)
+                to_send = list(in_flight)
             while unsent and len(in_flight) < (window or len(client_ids)):
-                in_flight.add(await self.send(text_of[unsent[0]], unsent.popleft()))
+                in_flight.add(unsent[0])
+                to_send.append(unsent.popleft())
+            with contextlib.suppress(websockets.exceptions.ConnectionClosed):  # resent after the reconnect
+                for client_id in to_send:
+                    await self.send(text_of[client_id], client_id)
             await self.wait_for(functools.partial(self._answered_any, frozenset(in_flight)), timeout)
         return [self.acks[client_id] for client_id in client_ids]
 
     def _answered_any(self, client_ids: frozenset[str]) -> bool:
-        """Whether any of these sends was acknowledged or refused ``publish_failed`` (or none is waiting)."""
-        return not client_ids or not client_ids.isdisjoint(self.acks.keys()) or self._publish_failed(client_ids)
+        """Whether any of these sends was acknowledged or refused ``publish_failed``, or none is waiting, or the
+        connection closed."""
+        return (
+            not client_ids or not client_ids.isdisjoint(self.acks.keys()) or self._publish_failed(client_ids)
+            or self.disconnected
+        )
 
     def _publish_failed(self, client_ids: Collection[str]) -> bool:
         return any(e.get("code") == "publish_failed" and e.get("client_id") in client_ids for e in self.errors)
