@@ -7,6 +7,7 @@ import collections
 import contextlib
 import functools
 import itertools
+import secrets
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
 from urllib.parse import urlencode
@@ -16,7 +17,9 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 
 Frame = dict[str, Any]
-_client_ids = itertools.count()
+# Unique across processes too: a replica remembers confirmed client_ids (CHAT_IDEMPOTENCY_WINDOW_S), so a second
+# run against a long-lived deployment (kind with KEEP_CLUSTER=1, remote endpoints) would get old acks, not sends.
+_client_ids = map(f"c{secrets.token_hex(4)}-{{}}".format, itertools.count())
 
 
 def cursor_of(messages: Sequence[Frame], max_origins: int = 32) -> str:
@@ -113,7 +116,7 @@ class ChatClient:
         raise RuntimeError(f"could not reconnect to replica {index}")
 
     async def send(self, text: str, client_id: str | None = None) -> str:
-        client_id = client_id or f"c{next(_client_ids)}"
+        client_id = client_id or next(_client_ids)
         await self.ws.send(orjson.dumps({"type": "send", "text": text, "client_id": client_id}).decode())
         return client_id
 
@@ -123,7 +126,7 @@ class ChatClient:
         confirm in time: a fresh node under load) is resent with the same client_id, and so is every unacknowledged
         send after the connection closed (1012: the replica lost the broker) and the client resumed on the same
         replica. ``timeout`` bounds the wait for each ack, failure or close, not the whole."""
-        client_ids = [f"c{next(_client_ids)}" for _ in texts]
+        client_ids = [next(_client_ids) for _ in texts]
         text_of = dict(zip(client_ids, texts, strict=True))
         unsent = collections.deque(client_ids)
         in_flight: set[str] = set()
