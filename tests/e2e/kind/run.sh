@@ -16,8 +16,8 @@
 #             Debian's archive; see tests/e2e/kind/offline/README.md for why each piece is the way it is.
 #
 # Environment: KIND_OFFLINE, KIND_CACHE, KIND_CLUSTER (durable-chat-e2e), E2E_NAMESPACE (durable-chat),
-# KEEP_CLUSTER=1 keeps the cluster (and reuses an existing one), SKIP_BUILD=1 reuses the loaded images,
-# SKIP_SUITE=1 runs only the cluster tests, PYTEST_ARGS extra pytest arguments.
+# KEEP_CLUSTER=1 keeps the cluster (and reuses an existing one, its two namespaces deleted first),
+# SKIP_BUILD=1 reuses the loaded images, SKIP_SUITE=1 runs only the cluster tests, PYTEST_ARGS extra pytest arguments.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"
@@ -126,7 +126,10 @@ server_serves() { "$KUBECTL" --context "$CONTEXT" api-versions | grep -qx "$1"; 
 
 mkdir -p "$LOGS"
 if "$KIND" get clusters 2>/dev/null | grep -qx "$CLUSTER"; then
-  log "reusing kind cluster $CLUSTER"
+  log "reusing kind cluster $CLUSTER (its namespaces $NAMESPACE and $KUSTOMIZE_NAMESPACE emptied first)"
+  # The suite's rooms have fixed names: a release, queues or volumes left by an earlier run would hold its messages.
+  "$KUBECTL" --context "$CONTEXT" delete namespace "$NAMESPACE" "$KUSTOMIZE_NAMESPACE" --ignore-not-found --wait=true \
+    --timeout=300s >/dev/null
 else
   log "creating kind cluster $CLUSTER"
   "$KIND" create cluster --name "$CLUSTER" "${NODE_ARGS[@]}" --wait 180s
