@@ -12,16 +12,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-import socket
 from collections.abc import AsyncIterator
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 import httpx
 import pytest
 import websockets
 
 from tests.e2e.conftest import Endpoints
-from tests.support.client import ChatClient
+from tests.support.client import ChatClient, socket_receiving_at_most
 
 MAX_FRAME_BYTES = 256 * 1024
 SENDERS = 4
@@ -50,24 +49,12 @@ async def burst(endpoints: Endpoints, room: str, per_sender: int = PER_SENDER) -
     return SENDERS * per_sender
 
 
-async def connected_socket(url: str, receive_buffer: int) -> socket.socket:
-    """A TCP connection to ``url``'s host whose receive buffer is fixed: left to autotuning, the kernel grows it up
-    to net.ipv4.tcp_rmem's maximum (32 MiB on CI machines), enough for the whole burst, and a reader that never
-    reads would never fall behind."""
-    parts = urlsplit(url)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)  # before connect: it sets the window
-    sock.setblocking(False)
-    await asyncio.get_running_loop().sock_connect(sock, (parts.hostname or "127.0.0.1", parts.port or 80))
-    return sock
-
-
 @contextlib.asynccontextmanager
 async def stalled_reader(endpoints: Endpoints, room: str) -> AsyncIterator[websockets.ClientConnection]:
     """A coalescing reader, synced, that reads nothing until the caller does. It accepts frames of any size
     (max_size=None), so a test sees the biggest frame the server sends."""
     url = f"{endpoints.ws_urls[0]}?{urlencode({'room': room, 'coalesce': '1'})}"
-    sock = await connected_socket(url, READER_RECEIVE_BUFFER)
+    sock = await socket_receiving_at_most(url, READER_RECEIVE_BUFFER)
     async with websockets.connect(url, sock=sock, max_size=None, max_queue=1) as ws:
         while '"type":"synced"' not in str(await ws.recv()):
             pass

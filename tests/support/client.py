@@ -8,9 +8,10 @@ import contextlib
 import functools
 import itertools
 import secrets
+import socket
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import orjson
 import websockets
@@ -20,6 +21,18 @@ Frame = dict[str, Any]
 # Unique across processes too: a replica remembers confirmed client_ids (CHAT_IDEMPOTENCY_WINDOW_S), so a second
 # run against a long-lived deployment (kind with KEEP_CLUSTER=1, remote endpoints) would get old acks, not sends.
 _client_ids = map(f"c{secrets.token_hex(4)}-{{}}".format, itertools.count())
+
+
+async def socket_receiving_at_most(url: str, receive_buffer: int) -> socket.socket:
+    """A TCP connection to ``url``'s host and port, for ``websockets.connect(sock=...)``, whose receive buffer is
+    fixed: left to autotuning, the kernel grows it up to net.ipv4.tcp_rmem's maximum (32 MiB on CI machines), and
+    a client that stops reading to play a slow consumer would take a whole burst before falling behind."""
+    parts = urlsplit(url)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)  # before connect: it sets the window
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (parts.hostname or "127.0.0.1", parts.port or 80))
+    return sock
 
 
 def cursor_of(messages: Sequence[Frame], max_origins: int = 32) -> str:

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import time
-from urllib.parse import urlparse
 
 import pytest
 import websockets
@@ -21,6 +19,7 @@ import websockets
 from tests.e2e.chaos.conftest import MakeTopology, metric, rss_kib
 from tests.e2e.chaos.invariant import check, settle
 from tests.e2e.chaos.load import ChaosLoad
+from tests.support.client import socket_receiving_at_most
 
 TEXT_BYTES = 3500
 STALLED = 5
@@ -31,11 +30,7 @@ ENV = {"CHAT_SEND_BUFFER_FRAMES": "50", "AMQP_PUBLISH_TIMEOUT_S": "2", "CHAT_REC
 
 
 async def stalled_client(ws_url: str, room: str) -> websockets.ClientConnection:
-    parsed = urlparse(ws_url)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect((parsed.hostname, parsed.port))
-    sock.setblocking(False)
+    sock = await socket_receiving_at_most(ws_url, 4096)
     # max_queue=1: the library stops reading the socket as soon as one frame waits for the application.
     return await websockets.connect(f"{ws_url}?room={room}", sock=sock, max_queue=1, max_size=2**22)
 
