@@ -123,7 +123,7 @@ def test_dashboard_shape() -> None:
     assert dashboard["uid"] == "durable-chat"
     titles = " ".join(title.lower() for title, _ in dashboard_exprs())
     for topic in ("published", "clients", "confirm", "backlog", "lag", "failures", "error", "copy", "digest",
-                  "replicas ready"):
+                  "replicas ready", "members", "presence", "heartbeat"):
         assert topic in titles, f"no panel about {topic}"
     assert any("by (instance)" in expr for _, expr in dashboard_exprs()), "per-pod panels"
     ids = [p["id"] for p in dashboard["panels"]]
