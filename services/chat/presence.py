@@ -160,9 +160,11 @@ class PresenceView:
 
     def heartbeat(self, chunk: int) -> Iterator[dict[str, RoomState]]:
         """This replica's whole state, cut into parts of at most ``chunk`` entries (a member, or a room that
-        has only anonymous connections); a room with more members than that spans several parts."""
+        has only anonymous connections); a room with more members than that spans several parts. A replica with
+        no connections sends one empty part: the others' heartbeat lag then watches its presence path too."""
         part: dict[str, RoomState] = {}
         size = 0
+        parts = 0
         for room, entry in list(self._rooms.items()):
             occupancy = entry.occupancy.get(LOCAL, (0, 0.0))[0]
             if not occupancy:
@@ -173,13 +175,14 @@ class PresenceView:
                 if size >= chunk:
                     yield part
                     part, size = {}, 0
+                    parts += 1
                 taken = members[start:start + max(1, chunk - size)]
                 part[room] = {"o": occupancy, "m": {a: [h.since, h.connections] for a, h in taken}}
                 size += max(1, len(taken))
                 start += len(taken)
                 if start >= len(members):
                     break
-        if part:
+        if part or not parts:
             yield part
 
     @property

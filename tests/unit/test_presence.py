@@ -144,6 +144,15 @@ def test_a_heartbeat_is_cut_into_parts_and_a_large_room_spans_parts() -> None:
     assert other.snapshot("big", 5).total == 1200 and other.snapshot("room7", 5).occupancy == 1
 
 
+def test_a_replica_without_connections_still_beats_and_its_empty_beat_changes_nothing() -> None:
+    idle = view(Clock())
+    assert list(idle.heartbeat(500)) == [{}]
+    other = view(Clock())
+    other.connect("r", "ann", 1)
+    other.apply("B", {"r": {"o": 1, "m": {"bob": [2, 1]}}})
+    assert other.apply("A", {}) == [] and other.snapshot("r", 5).total == 2
+
+
 def test_a_heartbeat_of_10000_connections_in_1000_rooms_is_bounded_per_message() -> None:
     v = view(Clock(), max_members=10_000)
     for i in range(10_000):
