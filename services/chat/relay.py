@@ -28,6 +28,7 @@ from services.chat.catchup import HistoryStanding, QueueStats
 from services.chat.hub import Entry, Hub
 from services.chat.metrics import ChatMetrics
 from services.chat.ring import RecentRing
+from services.common.amqp import channel_gone
 from services.common.ids import UlidGenerator
 from services.common.lifecycle import Faults, cancel_and_wait, stop_within
 from services.common.schema import ChatMessage, InvalidMessage, message_frame_from_wire
@@ -165,7 +166,9 @@ class ChatRelay:
             raise self._failed("timeout") from None
         except aiormq.exceptions.DeliveryError:
             raise self._failed("nack") from None
-        except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
+        except Exception as exc:
+            if not channel_gone(exc):
+                raise
             log.warning("publish failed", error=repr(exc)[:200])
             raise self._failed("disconnected") from None
         except asyncio.CancelledError:

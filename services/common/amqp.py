@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from types import TracebackType
 
 import aio_pika
+import aiormq
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractConnection
 
@@ -35,6 +36,16 @@ Setup = Callable[[AbstractConnection, asyncio.TaskGroup], Awaitable[list[Abstrac
 CRASH_LIMIT = 3
 CRASH_WINDOW_S = 60.0
 STOP_TIMEOUT_S = 10.0
+# What an operation on a channel raises when its channel or connection goes: aiormq's errors, a closed socket, a
+# write after the close.
+CHANNEL_GONE = (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError)
+
+
+def channel_gone(exc: BaseException) -> bool:
+    """Whether ``exc`` means the channel or connection went away, not a bug. aiormq also rejects what was still
+    pending on a channel closed without a reason (a publish's confirm, an ack) with a bare ``Exception``: seen when
+    a crashed task took a replica's connection down while a publish waited for its confirm."""
+    return isinstance(exc, CHANNEL_GONE) or type(exc) is Exception
 
 
 class BrokerLink:

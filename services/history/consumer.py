@@ -37,12 +37,12 @@ import time
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 
-import aiormq
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractQueue
 from aiormq.abc import AbstractChannel as RawChannel
 from aiormq.abc import DeliveredMessage
 
+from services.common.amqp import CHANNEL_GONE, channel_gone
 from services.common.lifecycle import Faults, cancel_and_wait, stop_within
 from services.common.schema import ChatMessage, InvalidMessage
 from services.common.settings import AmqpSettings
@@ -53,7 +53,6 @@ from services.history.store import ThreadedStore, WriteResult
 
 log = structlog.get_logger(__name__)
 DRAIN_TIMEOUT_S = 8.0  # within the runner's shutdown budget; past it, what is unacked is redelivered
-_CHANNEL_GONE = (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError)
 
 
 class HistoryConsumer:
@@ -180,7 +179,7 @@ class HistoryConsumer:
         self.attached.clear()
         for channel, tag in tags:
             if tag is not None and channel is not None:
-                with contextlib.suppress(*_CHANNEL_GONE):
+                with contextlib.suppress(*CHANNEL_GONE):
                     await channel.basic_cancel(tag)
 
     async def _on_broker_cancel(self, frame: object) -> None:
@@ -205,7 +204,7 @@ class HistoryConsumer:
             self._queue = topology.history_queue
             if not self.storage_failed and not self._stopping:
                 await self._start_consuming()
-        except _CHANNEL_GONE as exc:  # the connection is going: the link reconnects and consumes again
+        except CHANNEL_GONE as exc:  # the connection is going: the link reconnects and consumes again
             log.warning("could not redeclare the history queue; the broker link reconnects", error=repr(exc)[:300])
             return
         log.info("history queue redeclared and consumed again", queue=self.history_queue.name)
@@ -332,7 +331,7 @@ class HistoryConsumer:
             log.info("storage writable again; writing the held deliveries and resuming consumption")
             self._has_pending.set()
             if not self._stopping:
-                with contextlib.suppress(*_CHANNEL_GONE):  # a lost channel: the link reconnects and consumes
+                with contextlib.suppress(*CHANNEL_GONE):  # a lost channel: the link reconnects and consumes
                     await self._start_consuming()
 
 
@@ -340,7 +339,9 @@ async def _settle(frame: Awaitable[object], what: str) -> None:
     """Send an ack, nack or reject; a closed channel already returned its deliveries to the queue."""
     try:
         await frame
-    except _CHANNEL_GONE as exc:
+    except Exception as exc:
+        if not channel_gone(exc):
+            raise
         log.warning("could not settle deliveries; the broker redelivers them", frame=what, error=repr(exc)[:200])
 
 
