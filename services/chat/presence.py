@@ -164,7 +164,7 @@ class PresenceView:
         no connections sends one empty part: the others' heartbeat lag then watches its presence path too."""
         part: dict[str, RoomState] = {}
         size = 0
-        parts = 0
+        yielded = False
         for room, entry in list(self._rooms.items()):
             occupancy = entry.occupancy.get(LOCAL, (0, 0.0))[0]
             if not occupancy:
@@ -175,14 +175,14 @@ class PresenceView:
                 if size >= chunk:
                     yield part
                     part, size = {}, 0
-                    parts += 1
+                    yielded = True
                 taken = members[start:start + max(1, chunk - size)]
                 part[room] = {"o": occupancy, "m": {a: [h.since, h.connections] for a, h in taken}}
                 size += max(1, len(taken))
                 start += len(taken)
                 if start >= len(members):
                     break
-        if part or not parts:
+        if part or not yielded:
             yield part
 
     @property

@@ -18,7 +18,7 @@ import contextlib
 import random
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from types import TracebackType
 
 import aio_pika
@@ -38,14 +38,24 @@ CRASH_WINDOW_S = 60.0
 STOP_TIMEOUT_S = 10.0
 # What an operation on a channel raises when its channel or connection goes: aiormq's errors, a closed socket, a
 # write after the close.
-CHANNEL_GONE = (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError)
+_CHANNEL_ERRORS = (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError)
 
 
 def channel_gone(exc: BaseException) -> bool:
     """Whether ``exc`` means the channel or connection went away, not a bug. aiormq also rejects what was still
     pending on a channel closed without a reason (a publish's confirm, an ack) with a bare ``Exception``: seen when
     a crashed task took a replica's connection down while a publish waited for its confirm."""
-    return isinstance(exc, CHANNEL_GONE) or type(exc) is Exception
+    return isinstance(exc, _CHANNEL_ERRORS) or type(exc) is Exception
+
+
+@contextlib.contextmanager
+def unless_channel_gone() -> Iterator[None]:
+    """Suppress what ``channel_gone`` recognises (the link reconnects); anything else still raises."""
+    try:
+        yield
+    except Exception as exc:
+        if not channel_gone(exc):
+            raise
 
 
 class BrokerLink:

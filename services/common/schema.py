@@ -39,7 +39,6 @@ class InvalidMessage(ValueError):
     """A broker or store payload that is not a readable message."""
 
 
-
 def json_object(body: bytes | str) -> dict[str, Any]:
     """``body`` parsed as a JSON object, or ``InvalidMessage`` saying why not."""
     try:
@@ -49,6 +48,7 @@ def json_object(body: bytes | str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise InvalidMessage("not a JSON object")
     return data
+
 
 @dataclass(frozen=True, slots=True)
 class ChatMessage:

@@ -32,7 +32,6 @@ after it is acked on that channel, and the unacked deliveries return to the queu
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from types import TracebackType
@@ -42,7 +41,7 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractQueue
 from aiormq.abc import AbstractChannel as RawChannel
 from aiormq.abc import DeliveredMessage
 
-from services.common.amqp import CHANNEL_GONE, channel_gone
+from services.common.amqp import channel_gone, unless_channel_gone
 from services.common.lifecycle import Faults, cancel_and_wait, stop_within
 from services.common.schema import ChatMessage, InvalidMessage
 from services.common.settings import AmqpSettings
@@ -179,7 +178,7 @@ class HistoryConsumer:
         self.attached.clear()
         for channel, tag in tags:
             if tag is not None and channel is not None:
-                with contextlib.suppress(*CHANNEL_GONE):
+                with unless_channel_gone():
                     await channel.basic_cancel(tag)
 
     async def _on_broker_cancel(self, frame: object) -> None:
@@ -204,7 +203,10 @@ class HistoryConsumer:
             self._queue = topology.history_queue
             if not self.storage_failed and not self._stopping:
                 await self._start_consuming()
-        except CHANNEL_GONE as exc:  # the connection is going: the link reconnects and consumes again
+        except Exception as exc:
+            if not channel_gone(exc):
+                raise
+            # the connection is going: the link reconnects and consumes again
             log.warning("could not redeclare the history queue; the broker link reconnects", error=repr(exc)[:300])
             return
         log.info("history queue redeclared and consumed again", queue=self.history_queue.name)
@@ -331,7 +333,7 @@ class HistoryConsumer:
             log.info("storage writable again; writing the held deliveries and resuming consumption")
             self._has_pending.set()
             if not self._stopping:
-                with contextlib.suppress(*CHANNEL_GONE):  # a lost channel: the link reconnects and consumes
+                with unless_channel_gone():  # a lost channel: the link reconnects and consumes
                     await self._start_consuming()
 
 

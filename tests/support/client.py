@@ -143,13 +143,14 @@ class ChatClient:
         text_of = dict(zip(client_ids, texts, strict=True))
         unsent = collections.deque(client_ids)
         in_flight: set[str] = set()
+        limit = window or len(client_ids)
         while unsent or in_flight:
             in_flight -= self.acks.keys()
             to_send = list(self._take_publish_failures(in_flight))
             if self.disconnected:
                 await self.reconnect(self.index)
                 to_send = list(in_flight)
-            while unsent and len(in_flight) < (window or len(client_ids)):
+            while unsent and len(in_flight) < limit:
                 in_flight.add(unsent[0])
                 to_send.append(unsent.popleft())
             with contextlib.suppress(websockets.exceptions.ConnectionClosed):  # resent after the reconnect
@@ -166,12 +167,15 @@ class ChatClient:
             or self.disconnected
         )
 
+    def _publish_failures(self, client_ids: Collection[str]) -> list[Frame]:
+        return [e for e in self.errors if e.get("code") == "publish_failed" and e.get("client_id") in client_ids]
+
     def _publish_failed(self, client_ids: Collection[str]) -> bool:
-        return any(e.get("code") == "publish_failed" and e.get("client_id") in client_ids for e in self.errors)
+        return bool(self._publish_failures(client_ids))
 
     def _take_publish_failures(self, client_ids: set[str]) -> set[str]:
         """Take the ``publish_failed`` errors of these client_ids off ``errors``; return their client_ids."""
-        taken = [e for e in self.errors if e.get("code") == "publish_failed" and e.get("client_id") in client_ids]
+        taken = self._publish_failures(client_ids)
         self.errors = [e for e in self.errors if e not in taken]
         return {e["client_id"] for e in taken}
 

@@ -12,7 +12,7 @@ from services.chat.hub import Hub
 from services.chat.metrics import ChatMetrics
 from services.chat.relay import ChatRelay, PublishFailed
 from services.chat.ring import RecentRing
-from services.common.amqp import channel_gone
+from services.common.amqp import channel_gone, unless_channel_gone
 from services.common.settings import AmqpSettings
 from services.history.consumer import _settle
 
@@ -62,3 +62,11 @@ async def test_history_leaves_to_redelivery_an_ack_whose_channel_went_and_raises
 def test_only_a_bare_exception_or_a_channel_error_counts_as_gone() -> None:
     assert channel_gone(Exception()) and channel_gone(ConnectionError()) and channel_gone(RuntimeError())
     assert not channel_gone(ValueError()) and not channel_gone(KeyError("x"))
+
+
+def test_unless_channel_gone_suppresses_a_gone_channel_and_lets_a_bug_through() -> None:
+    for gone in (Exception(), ConnectionResetError(), RuntimeError("writer closed")):
+        with unless_channel_gone():
+            raise gone
+    with pytest.raises(KeyError), unless_channel_gone():
+        raise KeyError("bug")
